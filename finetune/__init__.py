@@ -1,0 +1,1 @@
+"""Offline training command lines: `python -m finetune.<spam|instruct|pretrain> --help`."""

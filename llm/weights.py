@@ -1,0 +1,101 @@
+"""Loading any GPT-2: a preset name (downloaded from the Hugging Face hub), a Hugging Face
+checkpoint directory, or one of this project's checkpoints.
+
+Hugging Face's GPT-2 stores its linear layers as `Conv1D` with weights shaped (in, out); we use
+nn.Linear (out, in), so those four matrices are transposed on load. Everything else maps 1:1.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llm.checkpoint import (CONFIG_FILE, FORMAT, WEIGHTS_FILE, CheckpointError, build_model, load_state,
+                            read_config, read_tensors)
+from llm.config import PRESETS, GPTConfig
+from llm.download import download
+from llm.model import GPT
+
+BASE_ENV = "LLM_BASE"  # a local base-model directory (offline) or a preset name
+CACHE_ENV = "LLM_CACHE_DIR"  # where presets are downloaded to
+DEFAULT_BASE = "gpt2"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+HF_URL = "https://huggingface.co/openai-community/{name}/resolve/main/{file}"
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+HF_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of older transformers versions
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or PROJECT_ROOT / "checkpoints" / "base")
+
+
+def resolve_base(base: str | None) -> str:
+    """The base the user asked for: the flag, else $LLM_BASE, else `gpt2`."""
+    return base or os.environ.get(BASE_ENV) or DEFAULT_BASE
+
+
+def download_preset(name: str) -> Path:
+    """Download `openai-community/<name>` (config.json + model.safetensors) into the cache."""
+    if name not in PRESETS:
+        raise CheckpointError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} or pass a checkpoint directory")
+    target = cache_dir() / name
+    hint = f"pass its directory with --base PATH or set {BASE_ENV}=PATH (config.json + model.safetensors)."
+    for file in (CONFIG_FILE, WEIGHTS_FILE):
+        download(HF_URL.format(name=name, file=file), target / file, offline_hint=hint)
+    return target
+
+
+def from_hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a Hugging Face GPT2Model / GPT2LMHeadModel state dict onto our names and layouts."""
+    out = {}
+    for key, tensor in state.items():
+        key = key.removeprefix("transformer.")
+        if key.endswith(HF_BUFFERS) or key == "lm_head.weight":  # masks are rebuilt; the head is tied
+            continue
+        out[key] = tensor.t() if key.endswith(CONV1D_WEIGHTS) else tensor
+    return out
+
+
+def is_project_checkpoint(config: dict[str, Any]) -> bool:
+    return config.get("format") == FORMAT
+
+
+def load_model(source: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+               hint: str = "") -> tuple[GPT, dict[str, Any]]:
+    """Load a model from a preset name or a checkpoint directory (ours or Hugging Face's).
+
+    Returns the model in eval mode on `device` in `dtype`, and the checkpoint's config.json.
+    """
+    source = str(source)
+    path = Path(source).expanduser()
+    if not path.exists() and source in PRESETS:
+        path = download_preset(source)
+    elif not path.exists():
+        raise CheckpointError(
+            f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor an existing directory. "
+            + (hint or "Pass a checkpoint directory with config.json + model.safetensors.")
+        )
+    config = read_config(path, hint)
+    if is_project_checkpoint(config):
+        model = build_model(config)
+        state = read_tensors(path, hint)
+    else:  # a Hugging Face GPT-2 directory
+        if config.get("model_type", "gpt2") != "gpt2":
+            raise CheckpointError(f"{path} holds a {config['model_type']!r} model, not GPT-2.")
+        model = GPT(GPTConfig.from_dict(config))
+        state = from_hf_state_dict(read_tensors(path, hint))
+    load_state(model, state, str(path))
+    return model.to(device=device, dtype=dtype).eval(), config
+
+
+def describe(model: GPT) -> str:
+    c = model.config
+    return f"{model.num_parameters() / 1e6:.1f}M parameters, {c.n_layer} layers, {c.n_head} heads, width {c.n_embd}"
+
+
+if __name__ == "__main__":  # python -m llm.weights gpt2  -> download a preset
+    for name in sys.argv[1:] or [DEFAULT_BASE]:
+        print(download_preset(name))

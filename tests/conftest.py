@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny random GPT-2 made on the spot, and the tokenizer.
+
+When ../shared (the offline data beside the checkout) exists, the offline overrides point at it,
+so tests that need the real tokenizer, data or base model run; without it they skip cleanly.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+if SHARED.is_dir():
+    os.environ.setdefault("LLM_BPE_DIR", str(SHARED / "data/gpt2"))
+    os.environ.setdefault("LLM_TEST_BASE", str(SHARED / "models/gpt2-mini"))
+    os.environ.setdefault("LLM_SPAM_DATA", str(SHARED / "data/sms_spam/SMSSpamCollection"))
+    os.environ.setdefault("LLM_INSTRUCTION_DATA", str(SHARED / "data/instruction/instruction-data.json"))
+
+from llm.checkpoint import save_checkpoint  # noqa: E402
+from llm.config import GPTConfig  # noqa: E402
+from llm.model import GPT  # noqa: E402
+from llm.tokenizer import TokenizerError, get_tokenizer  # noqa: E402
+
+TINY = GPTConfig(n_layer=2, n_head=2, n_embd=32, n_positions=128)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    try:
+        return get_tokenizer()
+    except TokenizerError as e:
+        pytest.skip(f"GPT-2 BPE files unavailable (offline, no LLM_BPE_DIR): {e}")
+
+
+@pytest.fixture
+def tiny_model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(TINY).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random language model saved in the project format."""
+    torch.manual_seed(0)
+    return save_checkpoint(GPT(TINY).eval(), tmp_path_factory.mktemp("tiny_lm"))
+
+
+@pytest.fixture(scope="session")
+def base_model_dir() -> Path:
+    """The real base model (gpt2-mini from ../shared, or $LLM_TEST_BASE)."""
+    path = os.environ.get("LLM_TEST_BASE")
+    if not path or not Path(path).is_dir():
+        pytest.skip("no base model: set LLM_TEST_BASE (CI points it at ../shared/models/gpt2-mini)")
+    return Path(path)
