@@ -6,7 +6,7 @@ import os
 import torch
 
 DEVICE_ENV = "LLM_DEVICE"
-DTYPE_ENV = "LLM_DTYPE"
+PRECISION_ENV = "LLM_PRECISION"
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
@@ -22,9 +22,13 @@ def pick_device(name: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def resolve_precision(name: str | None = None) -> str:
+    """The inference precision asked for: the flag, else $LLM_PRECISION, else fp32."""
+    name = (name or os.environ.get(PRECISION_ENV) or "fp32").lower()
+    if name not in DTYPES:
+        raise ValueError(f"unknown precision {name!r}; use fp32, bf16 or fp16")
+    return name
+
+
 def parse_dtype(name: str | None = None) -> torch.dtype:
-    name = (name or os.environ.get(DTYPE_ENV) or "fp32").lower()
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; use fp32, bf16 or fp16") from None
+    return DTYPES[resolve_precision(name)]

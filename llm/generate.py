@@ -247,13 +247,13 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     """Device, dtype and tokenizer flags, shared by every CLI that loads a model."""
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default=None, help="cuda, mps or cpu (default: $LLM_DEVICE, else the best available)")
-    g.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="weights precision (default: $LLM_DTYPE or fp32)")
+    g.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"], help="inference precision of the weights (default: $LLM_PRECISION or fp32)")
     g.add_argument("--bpe-dir", default=None, help="folder with GPT-2's encoder.json + vocab.bpe for offline use (default: $LLM_BPE_DIR)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from llm.checkpoint import CheckpointError
-    from llm.device import parse_dtype, pick_device
+    from llm.device import pick_device
     from llm.download import DownloadError
     from llm.tokenizer import TokenizerError, get_tokenizer
     from llm.weights import BASE_ENV, load_model, resolve_base
@@ -269,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
         tokenizer = get_tokenizer(args.bpe_dir)
-        model, _ = load_model(resolve_base(args.base), pick_device(args.device), parse_dtype(args.dtype))
+        model, _ = load_model(resolve_base(args.base), pick_device(args.device), args.precision)
     except (CheckpointError, DownloadError, TokenizerError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ import torch
 from llm.checkpoint import (CONFIG_FILE, FORMAT, WEIGHTS_FILE, CheckpointError, build_model, load_state,
                             read_config, read_tensors)
 from llm.config import PRESETS, GPTConfig
+from llm.device import parse_dtype
 from llm.download import download
 from llm.model import GPT
 
@@ -63,11 +64,12 @@ def is_project_checkpoint(config: dict[str, Any]) -> bool:
     return config.get("format") == FORMAT
 
 
-def load_model(source: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+def load_model(source: str | os.PathLike, device: torch.device | str = "cpu", precision: str | None = "fp32",
                hint: str = "") -> tuple[GPT, dict[str, Any]]:
     """Load a model from a preset name or a checkpoint directory (ours or Hugging Face's).
 
-    Returns the model in eval mode on `device` in `dtype`, and the checkpoint's config.json.
+    Returns the model in eval mode on `device` in `precision` (fp32, bf16, fp16; None means
+    $LLM_PRECISION or fp32), and the checkpoint's config.json. Training passes "fp32".
     """
     source = str(source)
     path = Path(source).expanduser()
@@ -88,7 +90,7 @@ def load_model(source: str | os.PathLike, device: torch.device | str = "cpu", dt
         model = GPT(GPTConfig.from_dict(config))
         state = from_hf_state_dict(read_tensors(path, hint))
     load_state(model, state, str(path))
-    return model.to(device=device, dtype=dtype).eval(), config
+    return model.to(device=device, dtype=parse_dtype(precision)).eval(), config
 
 
 def describe(model: GPT) -> str:
