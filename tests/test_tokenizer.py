@@ -1,0 +1,67 @@
+"""GPT-2 BPE through tiktoken, offline."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+
+import pytest
+
+from llm import tokenizer as tok_mod
+from llm.tokenizer import TokenizerError, get_tokenizer
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    tok_mod._load.cache_clear()
+    yield
+    tok_mod._load.cache_clear()
+
+
+@pytest.fixture
+def bpe_dir():
+    d = os.environ.get("LLM_BPE_DIR")
+    if not d:
+        pytest.skip("set LLM_BPE_DIR to a folder with GPT-2's encoder.json + vocab.bpe")
+    return d
+
+
+def test_known_ids(tokenizer):
+    assert tokenizer.encode("Hello, world") == [15496, 11, 995]
+    assert tokenizer.eot_id == 50256 and tokenizer.vocab_size == 50257
+
+
+@pytest.mark.parametrize("text", ["naïve café", "🤖🎉 emoji", "日本語のテキスト", "Ünïcödé\u200b zero-width", "tabs\tand\nnewlines"])
+def test_round_trip(tokenizer, text):
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+def test_user_text_cannot_inject_the_special_token(tokenizer):
+    assert tokenizer.eot_id not in tokenizer.encode("<|endoftext|>")
+    assert tokenizer.encode_with_eot("a<|endoftext|>b") == [64, 50256, 65]
+
+
+def test_offline_from_bpe_files(no_network, bpe_dir, tmp_path):
+    # a fresh folder holding only the two files, as a user would copy them
+    for name in ("encoder.json", "vocab.bpe"):
+        shutil.copy(os.path.join(bpe_dir, name), tmp_path / name)
+    t = get_tokenizer(tmp_path)
+    assert t.encode("Hello, world") == [15496, 11, 995]
+
+
+def test_missing_files_name_the_fix(tmp_path):
+    tok_mod._load.cache_clear()
+    with pytest.raises(TokenizerError, match="encoder.json"):
+        get_tokenizer(tmp_path)
+
+
+def test_no_files_no_network_says_what_to_do(no_network, monkeypatch, tmp_path):
+    monkeypatch.delenv("LLM_BPE_DIR", raising=False)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # an empty cache
+    with pytest.raises(TokenizerError, match="LLM_BPE_DIR"):
+        get_tokenizer()
