@@ -1,0 +1,388 @@
+"""Pretrain a GPT-2 of any shape from plain text, on one device or many (torchrun + DDP).
+
+One GPU:
+    python -m finetune.pretrain --data corpus/*.txt --out checkpoints/pretrain --shape 10/8/512/1024
+N GPUs on one machine (same script; each rank samples its own blocks, rank 0 logs and saves):
+    torchrun --standalone --nproc_per_node=N -m finetune.pretrain --data corpus/*.txt --out checkpoints/pretrain
+
+The output directory is a project checkpoint (config.json + model.safetensors), usable as `--base`
+by the spam and instruction fine-tunes. Beside it, `resume/` holds everything needed to continue
+after a kill (weights, AdamW moments, step, loss history); running the same command again resumes.
+No pickle: tensors are safetensors, the rest JSON.
+
+Reproducibility: the blocks of a step and the dropout seed are pure functions of (--seed, step,
+micro-batch), so the data position and RNG state of a run are its step number (see
+`llm.pretrain_data`). A resumed run continues exactly as the uninterrupted one would have.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from llm.checkpoint import CheckpointError, read_config, read_tensors, load_state, save_checkpoint
+from llm.config import PRESETS, GPTConfig
+from llm.generate import GenerationSettings, generate
+from llm.model import GPT
+from llm.pretrain_data import VAL_STREAM, TokenData, block_starts, build_token_cache
+from llm.tokenizer import TokenizerError, get_tokenizer
+
+RESUME_DIR = "resume"
+STATE_FILE = "state.json"
+OPTIM_FILE = "optimizer.safetensors"
+
+
+# ----------------------------------------------------------------------------- configuration
+
+def parse_shape(shape: str, context: int | None = None, dropout: float = 0.0) -> GPTConfig:
+    """A preset name (gpt2, gpt2-medium, ...) or `n_layer/n_head/n_embd/context`, e.g. 10/8/512/1024."""
+    if shape in PRESETS:
+        cfg = PRESETS[shape].to_dict()
+    else:
+        try:
+            n_layer, n_head, n_embd, n_pos = (int(v) for v in shape.split("/"))
+        except ValueError:
+            raise ValueError(f"--shape {shape!r}: use a preset ({', '.join(PRESETS)}) or n_layer/n_head/n_embd/context") from None
+        cfg = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=n_pos)
+    if context:
+        cfg["n_positions"] = context
+    cfg["dropout"] = dropout
+    return GPTConfig.from_dict(cfg)
+
+
+def lr_at(step: int, args) -> float:
+    """Linear warmup to --lr, then cosine decay to --min-lr at --max-steps."""
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    if step >= args.max_steps:
+        return args.min_lr
+    progress = (step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps)
+    return args.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (args.lr - args.min_lr)
+
+
+def make_optimizer(model: GPT, args, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices and embeddings only, not on biases and LayerNorm."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8,
+                             fused=device.type == "cuda")
+
+
+# ----------------------------------------------------------------------------- resume state (no pickle)
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, st in sd["state"].items():
+        for key, value in st.items():
+            v = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"{idx}.{key}"] = v.detach().contiguous().cpu()
+    return tensors, sd["param_groups"]
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict:
+    state: dict[int, dict] = {}
+    for name, t in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = t
+    return {"state": state, "param_groups": groups}
+
+
+def save_resume(out: Path, model: GPT, opt: torch.optim.Optimizer, state: dict) -> None:
+    """Write resume/ as a whole: build it in resume.tmp/, then swap it in (resume.old/ meanwhile)."""
+    tmp, final, old = out / (RESUME_DIR + ".tmp"), out / RESUME_DIR, out / (RESUME_DIR + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(model, tmp, metadata={"pretrain_step": state["step"]})
+    tensors, groups = _flatten_optimizer(opt)
+    save_file(tensors, str(tmp / OPTIM_FILE))
+    (tmp / STATE_FILE).write_text(json.dumps({**state, "param_groups": groups}, indent=1) + "\n")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_resume(out: Path) -> Path | None:
+    for name in (RESUME_DIR, RESUME_DIR + ".old"):  # .old survives a kill between the two renames
+        d = out / name
+        if (d / STATE_FILE).is_file():
+            return d
+    return None
+
+
+def load_resume(d: Path, model: GPT, opt: torch.optim.Optimizer) -> dict:
+    state = json.loads((d / STATE_FILE).read_text())
+    load_state(model, read_tensors(d), str(d))
+    opt.load_state_dict(_unflatten_optimizer(load_file(str(d / OPTIM_FILE)), state.pop("param_groups")))
+    return state
+
+
+# ----------------------------------------------------------------------------- distributed helpers
+
+def setup_distributed(device_flag: str | None) -> tuple[int, int, int, torch.device]:
+    """(rank, local_rank, world_size, device); initialises the process group under torchrun."""
+    if "RANK" not in os.environ:
+        from llm.device import pick_device
+        return 0, 0, 1, pick_device(device_flag)
+    rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    use_cuda = torch.cuda.is_available() and (device_flag or "cuda").startswith("cuda")
+    if use_cuda:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return rank, local_rank, world, device
+
+
+def all_mean(value: float, device: torch.device, world: int) -> float:
+    if world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item() / world
+
+
+# ----------------------------------------------------------------------------- training
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m finetune.pretrain",
+        description="Pretrain a GPT-2 from plain text (one device, or many with torchrun). "
+                    "Re-running the same command resumes from --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data and output")
+    g.add_argument("--data", nargs="+", required=True, help="plain-text files; documents separated by <|endoftext|> or blank lines")
+    g.add_argument("--out", required=True, help="output checkpoint directory (resume state lives in OUT/resume/)")
+    g.add_argument("--cache-dir", default=None, help="where the uint16 token cache goes (default: OUT/tokens)")
+    g.add_argument("--val-fraction", type=float, default=0.01, help="fraction of the tokens held out for validation")
+    g.add_argument("--bpe-dir", default=None, help="folder with GPT-2's encoder.json + vocab.bpe for offline use (default: $LLM_BPE_DIR)")
+    g = p.add_argument_group("model")
+    g.add_argument("--shape", default="gpt2", help=f"preset ({', '.join(PRESETS)}) or n_layer/n_head/n_embd/context, e.g. 10/8/512/1024")
+    g.add_argument("--context", type=int, default=None, help="override the context length of --shape")
+    g.add_argument("--dropout", type=float, default=0.0)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, default=8, help="micro-batch per device (sequences)")
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step on each device")
+    g.add_argument("--max-steps", type=int, default=5000, help="optimizer steps in total")
+    g.add_argument("--lr", type=float, default=6e-4, help="peak learning rate")
+    g.add_argument("--min-lr", type=float, default=None, help="final learning rate of the cosine (default: lr/10)")
+    g.add_argument("--warmup-steps", type=int, default=100)
+    g.add_argument("--weight-decay", type=float, default=0.1)
+    g.add_argument("--beta1", type=float, default=0.9)
+    g.add_argument("--beta2", type=float, default=0.95)
+    g.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0 = off)")
+    g.add_argument("--seed", type=int, default=1337)
+    g = p.add_argument_group("evaluation and checkpoints")
+    g.add_argument("--eval-every", type=int, default=250, help="steps between validation losses (and checkpoints)")
+    g.add_argument("--eval-iters", type=int, default=20, help="validation micro-batches per evaluation")
+    g.add_argument("--save-every", type=int, default=None, help="steps between checkpoints (default: --eval-every)")
+    g.add_argument("--sample-every", type=int, default=None, help="steps between sample generations (default: --eval-every; 0 = never)")
+    g.add_argument("--sample-prompt", action="append", default=None, help="prompt for the samples (repeatable; default: start of a document)")
+    g.add_argument("--sample-tokens", type=int, default=48)
+    g.add_argument("--fresh", action="store_true", help="ignore OUT/resume and start from step 0")
+    g.add_argument("--stop-after", type=int, default=None, help="leave after this many steps of this invocation (a time-boxed job; re-run to continue)")
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", default=None, help="cuda, mps or cpu (default: $LLM_DEVICE, else the best available); torchrun uses cuda:LOCAL_RANK")
+    g.add_argument("--dtype", default=None, choices=["bf16", "fp32"], help="autocast dtype (default: bf16 on CUDA, fp32 elsewhere); weights stay fp32")
+    g.add_argument("--compile", default=None, action=argparse.BooleanOptionalAction, help="torch.compile the model (default: on for CUDA, off elsewhere)")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def train(args) -> dict:
+    """Run (or resume) pretraining; returns a summary dict. Called by `main` and by the tests."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.min_lr = args.lr / 10 if args.min_lr is None else args.min_lr
+    args.save_every = args.save_every or args.eval_every
+    args.sample_every = args.eval_every if args.sample_every is None else args.sample_every
+    rank, _, world, device = setup_distributed(args.device)
+    master = rank == 0
+    out = Path(args.out)
+    progress = master and not args.no_progress
+
+    def log(msg: str) -> None:
+        if master:
+            tqdm.write(msg) if progress else print(msg, flush=True)
+            with open(out / "log.txt", "a") as fh:
+                fh.write(msg + "\n")
+
+    try:
+        tokenizer = get_tokenizer(args.bpe_dir)
+        cache = Path(args.cache_dir) if args.cache_dir else out / "tokens"
+        if master:
+            out.mkdir(parents=True, exist_ok=True)
+            build_token_cache(args.data, cache, tokenizer, args.val_fraction, progress=progress)
+        if world > 1:
+            dist.barrier()
+        data = TokenData.open(cache)
+
+        resume_dir = None if args.fresh else find_resume(out)
+        if resume_dir is not None:
+            config = GPTConfig.from_dict(read_config(resume_dir)["model"])
+        else:
+            config = parse_shape(args.shape, args.context, args.dropout)
+        if config.vocab_size < tokenizer.vocab_size:
+            raise ValueError(f"vocab_size {config.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}")
+        T = config.n_positions
+        data.check_fits(T)
+
+        torch.manual_seed(args.seed)  # same initial weights on every rank
+        model = GPT(config).to(device)
+        opt = make_optimizer(model, args, device)
+        step, history = 0, {"train": [], "val": []}
+        if resume_dir is not None:
+            state = load_resume(resume_dir, model, opt)
+            step, history = state["step"], state["history"]
+            if state["seed"] != args.seed:
+                log(f"note: resuming with --seed {args.seed}, the run began with {state['seed']}")
+            log(f"resumed from {resume_dir} at step {step}")
+        elif master and (out / "log.txt").exists():
+            (out / "log.txt").unlink()
+
+        amp_dtype = {"bf16": torch.bfloat16, "fp32": None}[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+        autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+        use_compile = args.compile if args.compile is not None else device.type == "cuda"
+        fwd = model
+        if world > 1:
+            fwd = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = torch.compile(fwd) if use_compile else fwd
+
+        tokens_per_step = args.batch_size * T * args.grad_accum * world
+        log(f"model: {model.num_parameters() / 1e6:.1f}M parameters, shape {config.n_layer}/{config.n_head}/{config.n_embd}/{T}; "
+            f"data: {len(data.train):,} train / {len(data.val):,} val tokens; "
+            f"{tokens_per_step:,} tokens per step ({world} x {args.grad_accum} x {args.batch_size} x {T}); "
+            f"device {device}, autocast {amp_dtype or 'off'}, compile {'on' if use_compile else 'off'}")
+
+        def to_dev(t: torch.Tensor) -> torch.Tensor:
+            return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+        @torch.no_grad()
+        def evaluate() -> float:
+            model.eval()
+            total = 0.0
+            mine = range(rank, args.eval_iters, world)
+            for k in mine:
+                x, y = data.batch("val", block_starts(len(data.val), T, args.batch_size, args.seed, VAL_STREAM, k), T)
+                with autocast():
+                    logits = model(to_dev(x))
+                total += F.cross_entropy(logits.float().view(-1, logits.size(-1)), to_dev(y).view(-1)).item()
+            model.train()
+            if world > 1:
+                t = torch.tensor([total], dtype=torch.float64, device=device)
+                dist.all_reduce(t)
+                total = t.item()
+            return total / args.eval_iters
+
+        def sample() -> None:
+            model.eval()
+            for i, prompt in enumerate(args.sample_prompt or [""]):
+                s = GenerationSettings(max_new_tokens=min(args.sample_tokens, T - 1), temperature=0.8, top_k=50, seed=args.seed + i)
+                text = generate(model, tokenizer, prompt, s).text
+                log(f"sample {step} | {prompt!r} -> {text!r}")
+            model.train()
+
+        def save() -> None:
+            if master:
+                meta = {"pretrain": {"step": step, "tokens_seen": step * tokens_per_step,
+                                     "val_loss": history["val"][-1][1] if history["val"] else None,
+                                     "data": [str(f) for f in args.data]}}
+                save_checkpoint(model, out, metadata=meta)
+                save_resume(out, model, opt, {"step": step, "seed": args.seed, "history": history,
+                                              "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, type(None)))}})
+                if history["train"]:
+                    from finetune.plots import plot_curves
+                    series = {"train": tuple(map(list, zip(*history["train"])))}
+                    if history["val"]:
+                        series["validation"] = tuple(map(list, zip(*history["val"])))
+                    plot_curves(series, out / "loss.png", title="pretraining loss")
+            if world > 1:
+                dist.barrier()
+
+        model.train()
+        start_step, t0 = step, time.perf_counter()
+        last_loss = float("nan")
+        bar = tqdm(total=args.max_steps, initial=step, desc="pretraining", unit="step", disable=not progress)
+        while step < args.max_steps:
+            if args.stop_after is not None and step - start_step >= args.stop_after:
+                break
+            lr = lr_at(step, args)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(args.seed * 1_000_003 + step * 1_009 + rank)  # dropout RNG: a function of the step
+            loss_sum = 0.0
+            for k in range(args.grad_accum):
+                micro = rank * args.grad_accum + k
+                x, y = data.batch("train", block_starts(len(data.train), T, args.batch_size, args.seed, step, micro), T)
+                x, y = to_dev(x), to_dev(y)
+                sync = contextlib.nullcontext() if (world == 1 or k == args.grad_accum - 1) else fwd.no_sync()
+                with sync:
+                    with autocast():
+                        logits = train_model(x)
+                    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1)) / args.grad_accum
+                    loss.backward()
+                loss_sum += loss.detach()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip) if args.grad_clip > 0 else None
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            last_loss = all_mean(float(loss_sum), device, world)
+            history["train"].append((step, last_loss))
+            bar.update(1)
+            if progress:
+                bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}")
+            done = step == args.max_steps
+            if step % args.eval_every == 0 or done:
+                val = evaluate()
+                history["val"].append((step, val))
+                elapsed = time.perf_counter() - t0
+                log(f"step {step}/{args.max_steps} | train {last_loss:.4f} | val {val:.4f} | lr {lr:.2e} | "
+                    f"grad-norm {float(grad_norm) if grad_norm is not None else float('nan'):.2f} | "
+                    f"{(step - start_step) * tokens_per_step / elapsed:,.0f} tok/s")
+            if master and args.sample_every and (step % args.sample_every == 0 or done):
+                sample()
+            if step % args.save_every == 0 or done:
+                save()
+        bar.close()
+        if step > start_step and step % args.save_every and step != args.max_steps:
+            save()  # a --stop-after exit keeps its progress
+        summary = {"step": step, "train_loss": last_loss,
+                   "val_loss": history["val"][-1][1] if history["val"] else None, "out": str(out)}
+        if master and step == args.max_steps:
+            log(f"done: {json.dumps(summary)}")
+        return summary
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        train(args)
+    except (CheckpointError, TokenizerError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
