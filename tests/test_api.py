@@ -1,0 +1,377 @@
+"""The HTTP API (llm/api.py): every route and bad-input case through FastAPI's TestClient, the
+official `openai` client against a live uvicorn on loopback, and a client that disconnects mid-stream.
+
+Models are tiny random checkpoints made here, loaded through the real `SpamClassifier.load` /
+`InstructionModel.load`, so the whole path (HTTP -> queue/worker -> library -> model) runs.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+import torch
+
+from llm.checkpoint import save_checkpoint
+from llm.config import GPTConfig
+from llm.model import GPT, GPTClassifier
+
+fastapi_testclient = pytest.importorskip("fastapi.testclient")
+from llm import api  # noqa: E402
+
+TINY = GPTConfig(n_layer=2, n_head=2, n_embd=32, n_positions=128)
+LONG_CONTEXT = GPTConfig(n_layer=2, n_head=2, n_embd=32, n_positions=1024)  # room for a long stream to cut
+USER = [{"role": "user", "content": "Name a colour."}]
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def spam_ckpt(tmp_path_factory, tokenizer):
+    torch.manual_seed(1)
+    return save_checkpoint(GPTClassifier(TINY, 2).eval(), tmp_path_factory.mktemp("api_spam"),
+                           metadata={"labels": ["ham", "spam"], "max_length": 64})
+
+
+@pytest.fixture(scope="module")
+def instruct_ckpt(tmp_path_factory, tokenizer):
+    pytest.importorskip("llm.instruct", reason="llm/instruct.py (instruction model) not there yet")
+    torch.manual_seed(2)
+    return save_checkpoint(GPT(LONG_CONTEXT).eval(), tmp_path_factory.mktemp("api_instruct"))
+
+
+def spam_loader(path):
+    from llm.spam import SpamClassifier
+    return lambda: SpamClassifier.load(path, device="cpu")
+
+
+def instruct_loader(path):
+    from llm.instruct import InstructionModel
+    return lambda: InstructionModel.load(path, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def client(spam_ckpt, instruct_ckpt):
+    app = api.create_app(spam_loader(spam_ckpt), instruct_loader(instruct_ckpt), api_key="")
+    with fastapi_testclient.TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def spam_client(spam_ckpt, tmp_path_factory):
+    """Spam model only: the instruct checkpoint is missing (also covers the 503 path)."""
+    missing = tmp_path_factory.mktemp("nothing") / "instruct"
+    app = api.create_app(spam_loader(spam_ckpt), lambda: _load_missing_instruct(missing), api_key="")
+    with fastapi_testclient.TestClient(app) as c:
+        yield c
+
+
+def _load_missing_instruct(path):
+    from llm.checkpoint import CheckpointError
+    try:
+        from llm.instruct import InstructionModel
+    except ImportError:
+        raise CheckpointError(f"No instruction model at {path}. Create it with: python -m finetune.instruct")
+    return InstructionModel.load(path, device="cpu")
+
+
+def assert_error(r, status_range=(400, 499), contains: str | None = None):
+    assert status_range[0] <= r.status_code <= status_range[1], (r.status_code, r.text[:500])
+    body = r.json()
+    assert set(body) == {"error"} and body["error"]["message"], body
+    assert len(r.content) < 2000, "error bodies must not echo the (possibly huge) input"
+    if contains:
+        assert contains in body["error"]["message"], body
+    return body["error"]
+
+
+# ----------------------------------------------------------------------------- schema mapping
+def test_messages_to_instruction_and_history():
+    m = [api.ChatMessage(role=r, content=c) for r, c in [
+        ("system", "Be terse."), ("user", "Q1"), ("assistant", "A1"), ("assistant", "orphan"),
+        ("user", "Q2a"), ("user", "Q2b"), ("assistant", "A2"), ("user", "Q3")]]
+    instruction, history = api.to_instruction(m)
+    assert instruction == "Q3"
+    assert history == [("Q1", "A1"), ("Q2a\nQ2b", "A2")]
+    parts = api.ChatMessage(role="user", content=[{"type": "text", "text": "a"}, {"type": "text", "text": "b"}])
+    assert api.to_instruction([api.ChatMessage(role="user", content="x"), parts]) == ("x\nab", [])
+
+
+# ----------------------------------------------------------------------------- routes
+def test_health_and_models(client):
+    h = client.get("/health").json()
+    assert h["status"] == "ok"
+    assert h["models"][api.SPAM_MODEL_ID]["ready"] and h["models"][api.INSTRUCT_MODEL_ID]["ready"]
+    models = client.get("/v1/models").json()
+    assert models["object"] == "list"
+    assert {m["id"] for m in models["data"]} == {api.SPAM_MODEL_ID, api.INSTRUCT_MODEL_ID}
+    assert all(m["object"] == "model" and m["ready"] for m in models["data"])
+
+
+def test_classify_matches_the_library(spam_client, spam_ckpt):
+    from llm.spam import SPAM_THRESHOLD, SpamClassifier
+    texts = ["WINNER!! Claim your prize now", "See you at 7?", "ok", "x" * api.MAX_TEXT_CHARS]
+    r = spam_client.post("/v1/classify", json={"texts": texts})
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    expected = SpamClassifier.load(spam_ckpt, device="cpu").classify(texts)
+    assert [d["index"] for d in data] == list(range(len(texts)))
+    for d, (label, p) in zip(data, expected):
+        assert d["label"] == label and d["p_spam"] == pytest.approx(p, abs=1e-5)
+        assert 0 <= d["p_spam"] <= 1 and (d["label"] == "spam") == (d["p_spam"] >= SPAM_THRESHOLD)
+
+
+def test_concurrent_classify_requests_are_batched_and_each_gets_its_own_answer(spam_client, spam_ckpt):
+    from concurrent.futures import ThreadPoolExecutor
+    from llm.spam import SpamClassifier
+    texts = [f"message number {i} " + "win cash " * (i % 5) for i in range(24)]
+    expected = SpamClassifier.load(spam_ckpt, device="cpu").classify(texts)
+    with ThreadPoolExecutor(8) as ex:
+        results = list(ex.map(lambda t: spam_client.post("/v1/classify", json={"texts": [t]}), texts))
+    for r, (label, p) in zip(results, expected):
+        assert r.status_code == 200
+        assert r.json()["data"][0]["p_spam"] == pytest.approx(p, abs=1e-5)
+
+
+BAD_CLASSIFY = {
+    "malformed JSON": dict(content=b'{"texts": ["a",', headers={"content-type": "application/json"}),
+    "invalid UTF-8": dict(content=b'{"texts": ["\xff\xfe bad"]}', headers={"content-type": "application/json"}),
+    "not JSON content type": dict(content=b"texts=a", headers={"content-type": "application/x-www-form-urlencoded"}),
+    "body is a list": dict(json=["a", "b"]),
+    "wrong field name": dict(json={"text": ["a"]}),
+    "extra field": dict(json={"texts": ["a"], "temperature": 1}),
+    "texts not a list": dict(json={"texts": "a"}),
+    "text not a string": dict(json={"texts": [1, 2]}),
+    "null text": dict(json={"texts": [None]}),
+    "empty list": dict(json={"texts": []}),
+    "blank text": dict(json={"texts": ["ok", "   "]}),
+    "10,000 texts": dict(json={"texts": ["hello"] * 10_000}),
+    "1 MB text": dict(json={"texts": ["a" * 1_000_000]}),
+    "3 MB body": dict(json={"texts": ["a" * 3_000_000]}),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CLASSIFY, ids=list(BAD_CLASSIFY))
+def test_classify_bad_input_is_a_4xx_with_a_message(spam_client, case):
+    err = assert_error(spam_client.post("/v1/classify", **BAD_CLASSIFY[case]))
+    assert err["type"] == "invalid_request_error"
+
+
+def test_classify_limit_messages_say_what_to_do(spam_client):
+    assert_error(spam_client.post("/v1/classify", json={"texts": ["a"] * 10_000}), (422, 422), "at most 256")
+    assert_error(spam_client.post("/v1/classify", json={"texts": ["a" * 1_000_000]}), (422, 422), "at most 10,000")
+    assert_error(spam_client.post("/v1/classify", content=b"{", headers={"content-type": "application/json"}),
+                 (400, 400), "JSON")
+    assert_error(spam_client.post("/v1/classify", content=b'{"texts": ["\xff"]}',
+                                  headers={"content-type": "application/json"}), (400, 400), "UTF-8")
+    assert_error(spam_client.post("/v1/classify", json={"texts": ["a" * 3_000_000]}), (413, 413))
+    assert_error(spam_client.get("/v1/classify"), (405, 405))
+    assert_error(spam_client.get("/v1/nothing"), (404, 404))
+
+
+BAD_CHAT = {
+    "negative max_tokens": {"messages": USER, "max_tokens": -5},
+    "zero max_tokens": {"messages": USER, "max_tokens": 0},
+    "max_tokens too big": {"messages": USER, "max_tokens": 10**9},
+    "max_tokens a string": {"messages": USER, "max_tokens": "lots"},
+    "no messages field": {"prompt": "hi"},
+    "empty messages": {"messages": []},
+    "messages not a list": {"messages": "hi"},
+    "unknown role": {"messages": [{"role": "wizard", "content": "hi"}]},
+    "last message not user": {"messages": USER + [{"role": "assistant", "content": "Red."}]},
+    "empty last message": {"messages": [{"role": "user", "content": "  "}]},
+    "content not text": {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+    "content a number": {"messages": [{"role": "user", "content": 5}]},
+    "1 MB message": {"messages": [{"role": "user", "content": "a" * 1_000_000}]},
+    "n=2": {"messages": USER, "n": 2},
+    "negative temperature": {"messages": USER, "temperature": -1},
+    "top_p 0": {"messages": USER, "top_p": 0},
+    "five stop strings": {"messages": USER, "stop": ["a", "b", "c", "d", "e"]},
+    "empty stop string": {"messages": USER, "stop": [""]},
+    "stream not bool": {"messages": USER, "stream": "sometimes"},
+    "unknown field": {"messages": USER, "presence_penalty": 0.5},
+}
+
+
+@pytest.mark.parametrize("case", BAD_CHAT, ids=list(BAD_CHAT))
+def test_chat_bad_input_is_a_4xx_with_a_message(spam_client, case):
+    # validated before the model is needed: 4xx even where the instruct model is missing
+    assert_error(spam_client.post("/v1/chat/completions", json=BAD_CHAT[case]))
+
+
+def test_missing_checkpoint_means_not_ready_and_503_naming_the_command(spam_client, tmp_path):
+    h = spam_client.get("/health").json()
+    assert h["status"] == "degraded"
+    assert h["models"][api.SPAM_MODEL_ID]["ready"]
+    instruct = h["models"][api.INSTRUCT_MODEL_ID]
+    assert not instruct["ready"] and "finetune.instruct" in instruct["error"]
+    err = assert_error(spam_client.post("/v1/chat/completions", json={"messages": USER}), (503, 503), "finetune.instruct")
+    assert err["code"] == "model_not_ready"
+    # and the spam side: a server started with no spam checkpoint at all
+    app = api.create_app(spam_loader(tmp_path / "no-spam"), lambda: None)
+    with fastapi_testclient.TestClient(app) as c:
+        assert not c.get("/health").json()["models"][api.SPAM_MODEL_ID]["ready"]
+        assert_error(c.post("/v1/classify", json={"texts": ["hi"]}), (503, 503), "finetune.spam")
+        assert_error(c.post("/v1/classify", json={"texts": []}), (422, 422))  # bad input is still a 4xx
+
+
+def test_api_key(spam_ckpt):
+    app = api.create_app(spam_loader(spam_ckpt), lambda: None, api_key="s3cret")
+    with fastapi_testclient.TestClient(app) as c:
+        assert c.get("/health").status_code == 200  # probes need no key
+        assert_error(c.get("/v1/models"), (401, 401), "API key")
+        assert_error(c.post("/v1/classify", json={"texts": ["hi"]}, headers={"Authorization": "Bearer nope"}), (401, 401))
+        assert c.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        r = c.post("/v1/classify", json={"texts": ["hi"]}, headers={"X-API-Key": "s3cret"})
+        assert r.status_code == 200 and r.json()["data"][0]["label"] in ("spam", "ham")
+
+
+# ----------------------------------------------------------------------------- chat completions
+def parse_sse(raw: str) -> list:
+    events = [e for e in raw.split("\n\n") if e.strip()]
+    assert all(e.startswith("data: ") for e in events), events[:3]
+    payloads = [e[len("data: "):] for e in events]
+    assert payloads[-1] == "[DONE]" and "[DONE]" not in payloads[:-1]
+    return [json.loads(p) for p in payloads[:-1]]
+
+
+def test_chat_completion_matches_the_library(client, instruct_ckpt):
+    from llm.generate import GenerationSettings
+    from llm.instruct import InstructionModel
+    messages = [{"role": "system", "content": "ignored"}, {"role": "user", "content": "Say hi."},
+                {"role": "assistant", "content": "Hi."}, {"role": "user", "content": "Name a colour."}]
+    r = client.post("/v1/chat/completions", json={"model": "anything", "messages": messages, "max_tokens": 12})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant" and choice["finish_reason"] in ("stop", "length")
+    model = InstructionModel.load(instruct_ckpt, device="cpu")
+    expected = model.respond("Name a colour.", settings=GenerationSettings(max_new_tokens=12),
+                             history=[("Say hi.", "Hi.")])
+    assert choice["message"]["content"] == expected
+    usage = body["usage"]
+    assert usage["completion_tokens"] <= 12 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_streaming_sends_openai_chunks_then_done(client):
+    req = {"messages": USER, "max_tokens": 16, "stream": True, "stream_options": {"include_usage": True}}
+    with client.stream("POST", "/v1/chat/completions", json=req) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        chunks = parse_sse(r.read().decode())
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert len({c["id"] for c in chunks}) == 1
+    finals = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert len(finals) == 1 and finals[0]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] <= 16
+    streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    plain = client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 16}).json()
+    assert streamed == plain["choices"][0]["message"]["content"]
+
+
+def test_stop_sequence_and_sampling_options(client):
+    plain = client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 20}).json()
+    text = plain["choices"][0]["message"]["content"]
+    if len(text) >= 4:  # cut at a stop string taken from the greedy answer itself
+        stop = text[2:4]
+        cut = client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 20, "stop": stop}).json()
+        assert cut["choices"][0]["message"]["content"] == text[:text.find(stop)]
+        assert cut["choices"][0]["finish_reason"] == "stop"
+    a, b = (client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 8, "temperature": 1.0,
+                                                      "top_p": 0.9, "top_k": 50, "seed": 7}).json() for _ in range(2))
+    assert a["choices"][0]["message"]["content"] == b["choices"][0]["message"]["content"]  # seeded
+
+
+# ----------------------------------------------------------------------------- live server: openai client, faults
+class LiveServer:
+    def __init__(self, app):
+        import uvicorn
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+class Recording:
+    """The real instruction model, noting how each generation ended (instrumentation, not a stand-in)."""
+
+    def __init__(self, model):
+        self.model, self.ends = model, []
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    def stream(self, *args, should_stop=None, **kw):
+        n = 0
+        for piece in self.model.stream(*args, should_stop=should_stop, **kw):
+            n += 1
+            yield piece
+        self.ends.append({"pieces": n, "stopped": bool(should_stop and should_stop())})
+
+
+@pytest.fixture(scope="module")
+def live(spam_ckpt, instruct_ckpt):
+    from llm.instruct import InstructionModel
+    recorder = Recording(InstructionModel.load(instruct_ckpt, device="cpu"))
+    app = api.create_app(spam_loader(spam_ckpt), lambda: recorder, api_key="k3y", max_generations=1)
+    with LiveServer(app) as url:
+        yield url, app, recorder
+
+
+def test_openai_client_plain_and_streaming(live):
+    openai = pytest.importorskip("openai")
+    url, _, _ = live
+    client = openai.OpenAI(base_url=url + "/v1", api_key="k3y", max_retries=0, timeout=60)
+    assert {m.id for m in client.models.list()} == {api.SPAM_MODEL_ID, api.INSTRUCT_MODEL_ID}
+    done = client.chat.completions.create(model=api.INSTRUCT_MODEL_ID, messages=USER, max_tokens=10)
+    assert done.choices[0].message.role == "assistant" and done.choices[0].finish_reason in ("stop", "length")
+    stream = client.chat.completions.create(model=api.INSTRUCT_MODEL_ID, messages=USER, max_tokens=10, stream=True)
+    pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert "".join(pieces) == done.choices[0].message.content
+    with pytest.raises(openai.BadRequestError):  # 400/422 both surface as a client error, not a retry
+        client.chat.completions.create(model="x", messages=USER, max_tokens=-1)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_client_disconnect_mid_stream_frees_the_slot(live):
+    import httpx
+    url, app, recorder = live
+    pool = app.state.pool
+    headers = {"Authorization": "Bearer k3y"}
+    req = {"messages": USER, "max_tokens": 1000, "stream": True}
+    before = len(recorder.ends)
+    with httpx.Client(timeout=30) as c:
+        with c.stream("POST", url + "/v1/chat/completions", json=req, headers=headers) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            got = [line for line, _ in zip(lines, range(6)) if line.startswith("data: ")]
+            assert len(got) >= 3
+        # leaving the block closes the connection mid-stream
+    deadline = time.monotonic() + 20
+    while (len(recorder.ends) == before or pool.running) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pool.running == 0 and pool.waiting == 0, "the slot was not given back"
+    end = recorder.ends[-1]
+    assert end["stopped"] and end["pieces"] < 1000, end  # the worker was told to stop, it did not run to the end
+    with httpx.Client(timeout=30) as c:  # and the server keeps serving, with the one slot free
+        r = c.post(url + "/v1/chat/completions", json={"messages": USER, "max_tokens": 4}, headers=headers)
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["role"] == "assistant"
+        assert c.get(url + "/health").json()["generations"]["running"] == 0
