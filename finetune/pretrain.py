@@ -161,12 +161,21 @@ def all_mean(value: float, device: torch.device, world: int) -> float:
 
 # ----------------------------------------------------------------------------- training
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a default only where there is one and the help text does not explain it already."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m finetune.pretrain",
         description="Pretrain a GPT-2 from plain text (one device, or many with torchrun). "
                     "Re-running the same command resumes from --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_Help)
     g = p.add_argument_group("data and output")
     g.add_argument("--data", nargs="+", required=True, help="plain-text files; documents separated by <|endoftext|> or blank lines")
     g.add_argument("--out", required=True, help="output checkpoint directory (resume state lives in OUT/resume/)")
@@ -176,26 +185,26 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--shape", default="gpt2", help=f"preset ({', '.join(PRESETS)}) or n_layer/n_head/n_embd/context, e.g. 10/8/512/1024")
     g.add_argument("--context", type=int, default=None, help="override the context length of --shape")
-    g.add_argument("--dropout", type=float, default=0.0)
+    g.add_argument("--dropout", type=float, default=0.0, help="dropout probability while training")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=8, help="micro-batch per device (sequences)")
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step on each device")
     g.add_argument("--max-steps", type=int, default=5000, help="optimizer steps in total")
     g.add_argument("--lr", type=float, default=6e-4, help="peak learning rate")
     g.add_argument("--min-lr", type=float, default=None, help="final learning rate of the cosine (default: lr/10)")
-    g.add_argument("--warmup-steps", type=int, default=100)
-    g.add_argument("--weight-decay", type=float, default=0.1)
-    g.add_argument("--beta1", type=float, default=0.9)
-    g.add_argument("--beta2", type=float, default=0.95)
+    g.add_argument("--warmup-steps", type=int, default=100, help="steps of linear learning-rate warmup")
+    g.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (matrices and embeddings only)")
+    g.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1")
+    g.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
     g.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0 = off)")
-    g.add_argument("--seed", type=int, default=1337)
+    g.add_argument("--seed", type=int, default=1337, help="seeds the initial weights, the blocks sampled and dropout")
     g = p.add_argument_group("evaluation and checkpoints")
     g.add_argument("--eval-every", type=int, default=250, help="steps between validation losses (and checkpoints)")
     g.add_argument("--eval-iters", type=int, default=20, help="validation micro-batches per evaluation")
     g.add_argument("--save-every", type=int, default=None, help="steps between checkpoints (default: --eval-every)")
     g.add_argument("--sample-every", type=int, default=None, help="steps between sample generations (default: --eval-every; 0 = never)")
     g.add_argument("--sample-prompt", action="append", default=None, help="prompt for the samples (repeatable; default: start of a document)")
-    g.add_argument("--sample-tokens", type=int, default=48)
+    g.add_argument("--sample-tokens", type=int, default=48, help="tokens per sample generation")
     g.add_argument("--fresh", action="store_true", help="ignore OUT/resume and start from step 0")
     g.add_argument("--stop-after", type=int, default=None, help="leave after this many steps of this invocation (a time-boxed job; re-run to continue)")
     g = p.add_argument_group("runtime")
@@ -215,6 +224,8 @@ def train(args) -> dict:
     args.save_every = args.save_every or args.eval_every
     args.sample_every = args.eval_every if args.sample_every is None else args.sample_every
     rank, _, world, device = setup_distributed(args.device)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for whatever autocast leaves in fp32
     master = rank == 0
     out = Path(args.out)
     progress = master and not args.no_progress
@@ -254,7 +265,8 @@ def train(args) -> dict:
             step, history = state["step"], state["history"]
             if state["seed"] != args.seed:
                 log(f"note: resuming with --seed {args.seed}, the run began with {state['seed']}")
-            log(f"resumed from {resume_dir} at step {step}")
+            log(f"resumed from {resume_dir} at step {step} (shape {config.n_layer}/{config.n_head}/{config.n_embd}/{T} "
+                "from the checkpoint; --shape is ignored when resuming, --fresh starts over)")
         elif master and (out / "log.txt").exists():
             (out / "log.txt").unlink()
 
