@@ -1,0 +1,219 @@
+"""SMS spam: the data (UCI SMS Spam Collection), its splits, and the classifier the app calls.
+
+    from llm.spam import SpamClassifier, SPAM_THRESHOLD
+    clf = SpamClassifier.load()                 # $LLM_SPAM_CHECKPOINT or checkpoints/spam
+    clf.classify(["WINNER!! Claim your prize"]) # -> [("spam", 0.99)]
+
+A message is spam when p_spam >= SPAM_THRESHOLD. Inputs are right-padded with <|endoftext|>
+and truncated to the checkpoint's max length keeping the START of the message (as the book does:
+spam announces itself early). Training and evaluation live in `finetune/spam.py`.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import random
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+SPAM_THRESHOLD = 0.5  # p_spam at or above this -> "spam"
+LABELS = ("ham", "spam")  # class index -> name; stored in the checkpoint's metadata
+CHECKPOINT_ENV = "LLM_SPAM_CHECKPOINT"
+DEFAULT_CHECKPOINT = "checkpoints/spam"
+DATA_ENV = "LLM_SPAM_DATA"
+UCI_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
+DATA_FILE = "SMSSpamCollection"
+DATA_SHA256 = "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d"  # of SMSSpamCollection
+SEED = 123
+SPLIT_NAMES = ("train", "validation", "test")
+FRACTIONS = (0.7, 0.1, 0.2)
+TRAIN_HINT = "Create it with: python -m finetune.spam prepare && python -m finetune.spam train --out checkpoints/spam"
+
+
+class SpamDataError(ValueError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+def fetch_data(path: str | os.PathLike | None = None, data_dir: str | os.PathLike = "data/sms_spam") -> Path:
+    """The SMSSpamCollection file: `path` (file or the UCI zip), else $LLM_SPAM_DATA, else download the zip."""
+    from llm.download import download, sha256_of
+
+    chosen = path or os.environ.get(DATA_ENV)
+    data_dir = Path(data_dir)
+    if chosen:
+        src = Path(chosen).expanduser()
+        if not src.is_file():
+            raise SpamDataError(f"SMS data file {src} does not exist (from --sms-data or ${DATA_ENV}).")
+        user_supplied = True
+    else:
+        src = download(UCI_URL, data_dir / "sms+spam+collection.zip",
+                       offline_hint=f"pass it (the zip or the extracted {DATA_FILE}) with --sms-data PATH or ${DATA_ENV}=PATH.")
+        user_supplied = False
+    if zipfile.is_zipfile(src):
+        with zipfile.ZipFile(src) as z:
+            if DATA_FILE not in z.namelist():
+                raise SpamDataError(f"{src} has no {DATA_FILE} inside (it has {', '.join(z.namelist())}).")
+            out = data_dir / DATA_FILE
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(z.read(DATA_FILE))
+        src = out
+    digest = sha256_of(src)
+    if digest != DATA_SHA256:
+        msg = f"{src} has sha256 {digest}, not the published UCI file's {DATA_SHA256}"
+        if not user_supplied:
+            raise SpamDataError(msg + "; the download is corrupt. Delete it and run again.")
+        print(f"warning: {msg}; using it anyway.", file=sys.stderr)
+    return src
+
+
+def read_collection(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """(label, text) pairs from `label<TAB>text` lines. Split on the first tab only: texts hold
+    quotes and the odd tab, so a CSV reader would mangle them."""
+    rows = []
+    raw = Path(path).read_bytes().decode("utf-8", errors="replace")
+    for n, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        label, sep, text = line.partition("\t")
+        if not sep or label not in LABELS:
+            raise SpamDataError(f"{path}:{n}: expected 'ham' or 'spam', a tab, then the message; got {line[:60]!r}")
+        rows.append((label, text))
+    return rows
+
+
+def deduplicate(rows: Sequence[tuple[str, str]]) -> tuple[list[tuple[str, str]], int]:
+    """Drop exact duplicate messages (first occurrence kept); returns the rows and how many were dropped."""
+    seen, out = set(), []
+    for label, text in rows:
+        if text not in seen:
+            seen.add(text)
+            out.append((label, text))
+    return out, len(rows) - len(out)
+
+
+def _cut(items: list, fractions=FRACTIONS) -> list[list]:
+    n_train, n_val = round(len(items) * fractions[0]), round(len(items) * fractions[1])
+    return [items[:n_train], items[n_train:n_train + n_val], items[n_train + n_val:]]
+
+
+def make_splits(rows: Sequence[tuple[str, str]], seed: int = SEED) -> dict[str, dict[str, list[tuple[str, str]]]]:
+    """Two split sets over deduplicated rows, each train/validation/test (70/10/20):
+
+    natural:  stratified by label, the real ham:spam ratio (what users meet).
+    balanced: the book's set, ham undersampled to the spam count. It is cut from the natural
+              split's parts (all spam of a part + as many random ham of the same part), so a
+              model trained on natural/train has never seen a balanced/test message.
+    """
+    rng = random.Random(seed)
+    by_label = {lab: [r for r in rows if r[0] == lab] for lab in LABELS}
+    parts = {lab: _cut(rng.sample(items, len(items))) for lab, items in by_label.items()}
+    natural, balanced = {}, {}
+    for i, name in enumerate(SPLIT_NAMES):
+        nat = parts["ham"][i] + parts["spam"][i]
+        natural[name] = rng.sample(nat, len(nat))
+        bal = parts["ham"][i][:len(parts["spam"][i])] + parts["spam"][i]  # ham parts are already shuffled
+        balanced[name] = rng.sample(bal, len(bal))
+    return {"natural": natural, "balanced": balanced}
+
+
+def write_split(rows: Sequence[tuple[str, str]], path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "text"])
+        w.writerows(rows)
+    return path
+
+
+def read_split(path: str | os.PathLike) -> list[tuple[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise SpamDataError(f"{path} does not exist. Create the splits with: python -m finetune.spam prepare")
+    with open(path, newline="", encoding="utf-8") as f:
+        return [(r["label"], r["text"]) for r in csv.DictReader(f)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching and the classifier
+# ---------------------------------------------------------------------------------------------
+
+def encode(tokenizer, text: str, max_length: int) -> list[int]:
+    """Token ids of `text`, truncated to `max_length` keeping the start. Empty text is an error."""
+    if not text or not text.strip():
+        raise ValueError("empty message: there is nothing to classify")
+    return tokenizer.encode(text)[:max_length]
+
+
+def collate(seqs: Sequence[Sequence[int]], pad_id: int, max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the batch's longest sequence (capped by `max_length`): (ids, attention_mask)."""
+    longest = max(len(s) for s in seqs)
+    if max_length is not None:
+        longest = min(longest, max_length)
+    ids = torch.full((len(seqs), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), longest), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        s = list(s)[:longest]
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids, mask
+
+
+def checkpoint_path(checkpoint: str | os.PathLike | None = None) -> Path:
+    return Path(checkpoint or os.environ.get(CHECKPOINT_ENV) or DEFAULT_CHECKPOINT)
+
+
+@dataclass
+class SpamClassifier:
+    model: torch.nn.Module
+    tokenizer: object
+    max_length: int
+    labels: tuple[str, ...] = LABELS
+    batch_size: int = 16
+
+    @classmethod
+    def load(cls, checkpoint=None, device=None, precision=None, bpe_dir=None) -> "SpamClassifier":
+        """Load once. None -> $LLM_SPAM_CHECKPOINT or checkpoints/spam; missing -> CheckpointError naming the command."""
+        from llm.checkpoint import CheckpointError
+        from llm.device import pick_device
+        from llm.model import GPTClassifier
+        from llm.tokenizer import get_tokenizer
+        from llm.weights import load_model
+
+        path = checkpoint_path(checkpoint)
+        if not path.is_dir():
+            raise CheckpointError(f"No spam classifier at {path}. {TRAIN_HINT}")
+        model, config = load_model(path, pick_device(device), precision, hint=TRAIN_HINT)
+        if not isinstance(model, GPTClassifier):
+            raise CheckpointError(f"{path} holds a language model, not a spam classifier. {TRAIN_HINT}")
+        meta = config.get("metadata", {})
+        labels = tuple(meta.get("labels", LABELS))
+        if set(labels) != set(LABELS):
+            raise CheckpointError(f"{path} is a classifier for {labels}, not ham/spam. {TRAIN_HINT}")
+        return cls(model, get_tokenizer(bpe_dir), int(meta.get("max_length", model.config.n_positions)), labels)
+
+    @torch.no_grad()
+    def p_spam(self, texts: Sequence[str]) -> list[float]:
+        """Spam probability per text, in batches. Raises ValueError on an empty text."""
+        seqs = [encode(self.tokenizer, t, self.max_length) for t in texts]
+        spam = self.labels.index("spam")
+        device = next(self.model.parameters()).device
+        out: list[float] = []
+        for i in range(0, len(seqs), self.batch_size):
+            ids, mask = collate(seqs[i:i + self.batch_size], self.tokenizer.eot_id, self.max_length)
+            logits = self.model(ids.to(device), attention_mask=mask.to(device)).float()
+            out += torch.softmax(logits, -1)[:, spam].tolist()
+        return out
+
+    def classify(self, texts: list[str]) -> list[tuple[str, float]]:
+        """("spam" | "ham", p_spam) per text."""
+        return [("spam" if p >= SPAM_THRESHOLD else "ham", p) for p in self.p_spam(texts)]
