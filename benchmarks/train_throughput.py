@@ -8,7 +8,8 @@ CPU variant (fp32, no compile, a smaller micro-batch and context so it runs in a
 
 Both models get the identical training step: forward, cross-entropy over all positions, backward,
 AdamW (weight decay 0.1, betas 0.9/0.95), on the same random token batches; the peer runs
-with `use_cache=False` (training needs no KV cache). Steps are timed in
+with `use_cache=False` (training needs no KV cache). The step is finetune.pretrain's: its `LMLoss`
+(autocast forward + cross-entropy) is the unit torch.compile compiles, for both models. Steps are timed in
 alternating rounds (ours, peer, ours, peer, ...) so drift in machine load hits both; the median
 round counts. Reports tokens/s for each, the ratio ours/peer, and our MFU: model FLOPs
 (6 * parameters + 12 * layers * context * width per token, as in nanoGPT/PaLM) over the device's
@@ -25,9 +26,9 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from finetune.pretrain import LMLoss  # noqa: E402
 from llm.config import GPTConfig  # noqa: E402
 from llm.model import GPT  # noqa: E402
 
@@ -75,13 +76,25 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def make_step(model, logits_of, opt, autocast_dtype, device, compile_: bool):
-    fwd = torch.compile(model) if compile_ else model
+class HFLogits(torch.nn.Module):
+    """transformers' model as a plain ids -> logits module (no KV cache: training needs none)."""
+
+    def __init__(self, hf):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, x):
+        return self.hf(input_ids=x, use_cache=False).logits
+
+
+def make_step(model, opt, autocast_dtype, compile_: bool):
+    """The training step of finetune.pretrain: compiled (autocast forward + cross-entropy), backward,
+    clipping, AdamW."""
+    loss_fn = LMLoss(model, autocast_dtype)
+    fwd = torch.compile(loss_fn) if compile_ else loss_fn
 
     def step(x, y):
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = logits_of(fwd, x)
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+        loss = fwd(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -126,10 +139,10 @@ def main() -> int:
     n_ours = ours.num_parameters()
     n_peer = sum(p.numel() for p in peer.parameters())
     runners = {}
-    for name, model, logits_of in (("ours", ours, lambda m, x: m(x)), ("transformers", peer, lambda m, x: m(input_ids=x, use_cache=False).logits)):
+    for name, model in (("ours", ours), ("transformers", HFLogits(peer))):
         opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1,
                                 fused=device.type == "cuda")
-        runners[name] = make_step(model, logits_of, opt, amp, device, o["compile"])
+        runners[name] = make_step(model, opt, amp, o["compile"])
 
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, cfg.vocab_size, (B, T + 1), generator=g) for _ in range(4)]

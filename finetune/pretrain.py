@@ -29,6 +29,7 @@ from typing import Sequence
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
@@ -81,6 +82,21 @@ def make_optimizer(model: GPT, args, device: torch.device) -> torch.optim.AdamW:
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8,
                              fused=device.type == "cuda")
+
+
+class LMLoss(nn.Module):
+    """Next-token cross-entropy of a model, autocast included: the unit DDP wraps and torch.compile
+    compiles, so the fp32 upcast of the logits and the softmax fuse with the LM head."""
+
+    def __init__(self, model: nn.Module, amp_dtype: torch.dtype | None = None):
+        super().__init__()
+        self.model, self.amp_dtype = model, amp_dtype
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        amp = torch.autocast(x.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+        with amp:
+            logits = self.model(x)
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
 
 
 # ----------------------------------------------------------------------------- resume state (no pickle)
@@ -271,12 +287,11 @@ def train(args) -> dict:
             (out / "log.txt").unlink()
 
         amp_dtype = {"bf16": torch.bfloat16, "fp32": None}[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
-        autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
         use_compile = args.compile if args.compile is not None else device.type == "cuda"
-        fwd = model
+        fwd: nn.Module = LMLoss(model, amp_dtype)
         if world > 1:
-            fwd = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        train_model = torch.compile(fwd) if use_compile else fwd
+            fwd = nn.parallel.DistributedDataParallel(fwd, device_ids=[device.index] if device.type == "cuda" else None)
+        train_loss = torch.compile(fwd) if use_compile else fwd
 
         tokens_per_step = args.batch_size * T * args.grad_accum * world
         log(f"model: {model.num_parameters() / 1e6:.1f}M parameters, shape {config.n_layer}/{config.n_head}/{config.n_embd}/{T}; "
@@ -294,9 +309,7 @@ def train(args) -> dict:
             mine = range(rank, args.eval_iters, world)
             for k in mine:
                 x, y = data.batch("val", block_starts(len(data.val), T, args.batch_size, args.seed, VAL_STREAM, k), T)
-                with autocast():
-                    logits = model(to_dev(x))
-                total += F.cross_entropy(logits.float().view(-1, logits.size(-1)), to_dev(y).view(-1)).item()
+                total += LMLoss(model, amp_dtype)(to_dev(x), to_dev(y)).item()
             model.train()
             if world > 1:
                 t = torch.tensor([total], dtype=torch.float64, device=device)
@@ -347,9 +360,7 @@ def train(args) -> dict:
                 x, y = to_dev(x), to_dev(y)
                 sync = contextlib.nullcontext() if (world == 1 or k == args.grad_accum - 1) else fwd.no_sync()
                 with sync:
-                    with autocast():
-                        logits = train_model(x)
-                    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1)) / args.grad_accum
+                    loss = train_loss(x, y) / args.grad_accum
                     loss.backward()
                 loss_sum += loss.detach()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip) if args.grad_clip > 0 else None
