@@ -42,7 +42,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llm.generate import GenerationSettings
+from llm.generate import GenerationResult, GenerationSettings
 
 log = logging.getLogger("llm.api")
 
@@ -88,7 +88,7 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """The subset of OpenAI's chat completion request that a local GPT-2 can honour; unknown fields -> 422."""
+    """The subset of OpenAI's chat completion request that a local GPT-2 can honour; unknown fields -> 400."""
     model_config = ConfigDict(extra="forbid")
     model: str = Field(default=INSTRUCT_MODEL_ID, max_length=200)  # any name is accepted; answered by the instruct model
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
@@ -179,12 +179,12 @@ def _error_response(status: int, message: str, type_: str, code: str | None = No
 
 
 def _describe_validation(errors) -> tuple[int, str, str | None]:
-    """Pydantic errors -> (status, one readable line, param). Never echoes the input back (it may be 1 MB)."""
+    """Pydantic errors -> (400 as OpenAI answers, one readable line, param). Never echoes the input (it may be 1 MB)."""
     parts, param = [], None
     for e in errors[:5]:
         loc = [str(x) for x in e.get("loc", ()) if x != "body"]
         if e.get("type") in ("json_invalid", "json_type"):
-            return 400, f"The request body is not valid JSON: {e.get('msg', '')}".rstrip(": "), None
+            return 400, f"The request body is not valid JSON: {e.get('msg', '')}".rstrip(": "), "json"
         where = ".".join(loc) or "body"
         param = param or where
         msg = e.get("msg", "invalid")
@@ -196,7 +196,7 @@ def _describe_validation(errors) -> tuple[int, str, str | None]:
             msg = "the body must be a JSON object, sent with 'Content-Type: application/json'"
         parts.append(f"{where}: {msg}")
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-    return 422, "; ".join(parts) + more, param
+    return 400, "; ".join(parts) + more, param
 
 
 # ----------------------------------------------------------------------------- models, loaded once per process
@@ -370,17 +370,17 @@ class GenerationPool:
 
 
 # ----------------------------------------------------------------------------- the app
-def _default_spam_loader(checkpoint=None, device=None, precision=None):
+def _default_spam_loader(checkpoint=None, device=None, precision=None, bpe_dir=None):
     def load():
         from llm.spam import SpamClassifier  # None -> $LLM_SPAM_CHECKPOINT or checkpoints/spam
-        return SpamClassifier.load(checkpoint, device=device, precision=precision)
+        return SpamClassifier.load(checkpoint, device=device, precision=precision, bpe_dir=bpe_dir)
     return load
 
 
-def _default_instruct_loader(checkpoint=None, device=None, precision=None):
+def _default_instruct_loader(checkpoint=None, device=None, precision=None, bpe_dir=None):
     def load():
         from llm.instruct import InstructionModel  # None -> $LLM_INSTRUCT_CHECKPOINT or checkpoints/instruct
-        return InstructionModel.load(checkpoint, device=device, precision=precision)
+        return InstructionModel.load(checkpoint, device=device, precision=precision, bpe_dir=bpe_dir)
     return load
 
 
@@ -452,8 +452,8 @@ def create_app(spam_loader: Callable[[], Any] | None = None, instruct_loader: Ca
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, e: RequestValidationError):
         status, message, param = _describe_validation(e.errors())
-        return _error_response(status, message, "invalid_request_error", "invalid_json" if status == 400 else
-                               "invalid_value", param)
+        return _error_response(status, message, "invalid_request_error",
+                               "invalid_json" if param == "json" else "invalid_value", None if param == "json" else param)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException):
@@ -503,29 +503,25 @@ def create_app(spam_loader: Callable[[], Any] | None = None, instruct_loader: Ca
         settings = GenerationSettings(max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                                       top_k=req.top_k, seed=req.seed, stop_strings=tuple(req.stop or ()))
         stop = threading.Event()  # set when the client goes away: the worker ends after its current token
+        result = GenerationResult("", [])  # filled by the generator: token ids and why it ended
         pieces = pool.stream(lambda should_stop: model.stream(instruction, settings=settings, history=history,
-                                                              should_stop=should_stop), stop)
+                                                              should_stop=should_stop, result=result), stop)
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        tokenizer = getattr(model, "tokenizer", None)
 
-        def usage(text: str) -> dict | None:
-            if tokenizer is None:
-                return None
-            prompt = _prompt_text(instruction, history)
-            p = len(tokenizer.encode(prompt)) if prompt is not None else 0
-            c = len(tokenizer.encode(text))
-            return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+        def usage() -> dict:
+            prompt = len(model.prompt_ids(instruction, "", history, max_tokens)) - result.prompt_tokens_dropped
+            return {"prompt_tokens": prompt, "completion_tokens": len(result.ids),
+                    "total_tokens": prompt + len(result.ids)}
 
-        def finish_reason(text: str) -> str:
-            # "length" when the token budget ran out (counted by re-encoding the answer), else "stop"
-            return "length" if tokenizer is not None and len(tokenizer.encode(text)) >= max_tokens else "stop"
+        def finish_reason() -> str:  # OpenAI's names: "length" when max_tokens (or the context) ran out
+            return "length" if result.stopped_by == "length" else "stop"
 
         if not req.stream:
-            text = "".join([piece async for piece in pieces])
+            text = "".join([piece async for piece in pieces]).strip()  # as InstructionModel.respond
             return {"id": cid, "object": "chat.completion", "created": created, "model": INSTRUCT_MODEL_ID,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "finish_reason": finish_reason(text), "logprobs": None}],
-                    "usage": usage(text)}
+                                 "finish_reason": finish_reason(), "logprobs": None}],
+                    "usage": usage()}
 
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
@@ -534,11 +530,9 @@ def create_app(spam_loader: Callable[[], Any] | None = None, instruct_loader: Ca
                          "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]})
 
         async def events() -> AsyncIterator[str]:
-            text = ""
             yield chunk({"role": "assistant", "content": ""})
             try:
                 async for piece in pieces:
-                    text += piece
                     yield chunk({"content": piece})
             except Exception as e:  # noqa: BLE001 - headers are sent: report in-band, as OpenAI does
                 yield _sse(error_body(f"Generation failed: {e}", "server_error"))
@@ -546,10 +540,10 @@ def create_app(spam_loader: Callable[[], Any] | None = None, instruct_loader: Ca
                 return
             finally:
                 stop.set()  # also when this generator is closed while suspended at a yield (disconnect)
-            yield chunk({}, finish_reason(text))
+            yield chunk({}, finish_reason())
             if include_usage:
                 yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created,
-                            "model": INSTRUCT_MODEL_ID, "choices": [], "usage": usage(text)})
+                            "model": INSTRUCT_MODEL_ID, "choices": [], "usage": usage()})
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream",
@@ -559,10 +553,11 @@ def create_app(spam_loader: Callable[[], Any] | None = None, instruct_loader: Ca
 
 
 def _create_hint(module: str, trainer: str) -> str:
-    """The command that creates a model's checkpoint, as its module states it (TRAIN_HINT)."""
+    """The command that creates a model's checkpoint, as its module states it (TRAIN_HINT / CREATE_HINT)."""
     import importlib
     try:
-        hint = getattr(importlib.import_module(module), "TRAIN_HINT", "")
+        m = importlib.import_module(module)
+        hint = getattr(m, "TRAIN_HINT", "") or getattr(m, "CREATE_HINT", "")
     except ImportError:
         hint = ""
     return hint.removeprefix("Create it with: ") or f"python -m {trainer}  (or: make app)"
@@ -570,16 +565,6 @@ def _create_hint(module: str, trainer: str) -> str:
 
 def _sse(obj: dict) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
-
-
-def _prompt_text(instruction: str, history: list[tuple[str, str]]) -> str | None:
-    """The prompt the model sees, for token counts (history included as the prompt module formats it)."""
-    try:
-        from llm.prompt import format_prompt
-    except ImportError:
-        return None
-    past = "".join(format_prompt(q) + a + "\n\n" for q, a in history)
-    return past + format_prompt(instruction)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -602,11 +587,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    if args.bpe_dir:
-        os.environ["LLM_BPE_DIR"] = args.bpe_dir  # read by the tokenizer the models load
     import uvicorn
-    app = create_app(_default_spam_loader(args.spam_checkpoint, args.device, args.precision),
-                     _default_instruct_loader(args.instruct_checkpoint, args.device, args.precision),
+    app = create_app(_default_spam_loader(args.spam_checkpoint, args.device, args.precision, args.bpe_dir),
+                     _default_instruct_loader(args.instruct_checkpoint, args.device, args.precision, args.bpe_dir),
                      max_generations=args.max_generations, max_waiting=args.max_waiting)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
