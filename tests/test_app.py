@@ -1,0 +1,228 @@
+"""app.py's handlers without a browser: a mocked Chainlit context (as Chainlit's own backend tests
+build it) around a mocked websocket session and emitter; the decorated handlers are called directly."""
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import os
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from unittest.mock import AsyncMock, Mock
+from uuid import uuid4
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("CHAINLIT_APP_ROOT", tempfile.mkdtemp(prefix="chainlit_unit_"))  # before `import chainlit`
+sys.path.insert(0, str(ROOT))
+
+cl = pytest.importorskip("chainlit")
+from chainlit.context import ChainlitContext, context_var  # noqa: E402
+from chainlit.emitter import BaseChainlitEmitter  # noqa: E402
+from chainlit.session import WebsocketSession  # noqa: E402
+
+import app  # noqa: E402
+from llm import router  # noqa: E402
+from test_router import KeywordClassifier, WordModel  # noqa: E402
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture
+def models(monkeypatch):
+    """Swap the app's process-wide model cache for one with stand-in models (no checkpoints needed)."""
+    cache = router.ModelCache(spam_loader=KeywordClassifier, instruct_loader=WordModel)
+    monkeypatch.setattr(app, "models", cache)
+    return cache
+
+
+@contextmanager
+def chainlit_context(chat_profile=None, session_id=None):
+    s = Mock(spec=WebsocketSession)
+    s.id = session_id or f"test-{uuid4()}"
+    s.chat_profile, s.chat_settings, s.user, s.user_env = chat_profile, {}, None, {}
+    s.client_type, s.thread_id = "webapp", "thread"
+    s.persist_file = AsyncMock(return_value={"id": "file-1"})
+    em = AsyncMock(spec=BaseChainlitEmitter)
+    em.set_chat_settings = Mock()  # called synchronously by ChatSettings.send
+    token = context_var.set(ChainlitContext(s, emitter=em))
+    try:
+        yield em
+    finally:
+        context_var.reset(token)
+
+
+def sent_texts(em) -> list[str]:
+    """Every message body the app sent or updated, in order."""
+    out = []
+    for name, args, _ in em.mock_calls:
+        if name in ("send_step", "update_step") and args and isinstance(args[0], dict):
+            out.append(args[0].get("output", ""))
+    return out
+
+
+async def user_says(text, elements=None):
+    await app.on_message(cl.Message(content=text, type="user_message", elements=elements or []))
+
+
+async def test_profiles_have_starters():
+    profiles = await app.chat_profiles()
+    assert [p.name for p in profiles] == ["Spam check", "Assistant"]
+    assert profiles[0].default
+    assert all(len(p.starters) >= 2 for p in profiles)
+    assert any("WINNER" in s.message for s in profiles[0].starters)
+
+
+async def test_assistant_start_sends_settings_panel(models):
+    with chainlit_context("Assistant") as em:
+        await app.on_chat_start()
+        ids = [w["id"] for w in em.emit.await_args.args[1]]
+        assert em.set_chat_settings.call_args.args[0] == router.DEFAULT_SETTINGS
+        assert ids == ["temperature", "top_k", "top_p", "max_new_tokens"]
+        assert sent_texts(em) == []  # model available: no warning, starters stay visible
+
+
+async def test_spam_check_verdict(models):
+    with chainlit_context("Spam check") as em:
+        await app.on_chat_start()
+        await user_says("WINNER!! Claim your £900 prize now, call 09061701461")
+    assert sent_texts(em)[-1] == "🔴 **Spam — 97.3%** spam probability"
+
+
+async def test_spam_check_several_lines(models):
+    with chainlit_context("Spam check") as em:
+        await user_says("claim your prize\nsee you soon")
+    assert "2 messages: 1 spam, 1 ham" in sent_texts(em)[-1]
+
+
+async def test_assistant_streams_tokens_and_carries_history(models):
+    sid = f"test-{uuid4()}"
+    with chainlit_context("Assistant", sid) as em:
+        await app.on_chat_start()
+        await user_says("Say hello")
+        assert em.stream_start.await_args.args[0]["output"] == "Hello"  # the first token opens the stream
+        assert [c.kwargs["token"] for c in em.send_token.await_args_list] == [" there", " friend"]
+        assert em.send_step.await_args.args[0]["output"] == "Hello there friend"
+        await user_says("Again")
+    model = models.get("Assistant")
+    assert model.calls[1]["history"] == [("Say hello", "Hello there friend")]
+
+
+async def test_assistant_uses_chat_settings(models):
+    with chainlit_context("Assistant"):
+        await app.on_chat_start()
+        await app.on_settings_update({"temperature": 0.8, "top_k": 20, "top_p": 0.9, "max_new_tokens": 32})
+        await user_says("hi")
+    s = models.get("Assistant").calls[-1]["settings"]
+    assert (s.temperature, s.top_k, s.top_p, s.max_new_tokens) == (0.8, 20, 0.9, 32)
+
+
+async def test_stop_button_stops_generation(monkeypatch):
+    produced = []
+
+    class Endless:
+        def stream(self, instruction, input="", settings=None, history=None, should_stop=None):
+            while not should_stop():
+                produced.append(1)
+                time.sleep(0.005)
+                yield "x"
+
+    monkeypatch.setattr(app, "models", router.ModelCache(spam_loader=KeywordClassifier, instruct_loader=Endless))
+    with chainlit_context("Assistant") as em:
+        task = asyncio.create_task(user_says("go on forever"))
+        while not produced and not task.done():
+            await asyncio.sleep(0.01)
+        assert not task.done(), task.exception()
+        await app.on_stop()  # what Chainlit calls when the user presses Stop
+        await asyncio.wait_for(task, 5)
+        n = len(produced)
+        await asyncio.sleep(0.05)
+        assert len(produced) == n  # the worker thread really stopped
+        assert em.send_step.await_args.args[0]["output"].startswith("x")
+
+
+@pytest.mark.parametrize("profile", ["Spam check", "Assistant"])
+@pytest.mark.parametrize("text,expected", [("", "⚠️ "), ("   ", "⚠️ "), ("y" * 100_000, "100,000 characters")],
+                         ids=["empty", "blank", "100k-paste"])
+async def test_bad_text_gets_a_clear_reply(models, profile, text, expected):
+    with chainlit_context(profile) as em:
+        await user_says(text)
+        await user_says("claim your prize")  # and the app keeps answering
+    texts = sent_texts(em)
+    assert any(expected in t for t in texts[:-1]), texts
+    assert texts[-1]
+
+
+async def test_csv_upload_returns_labelled_csv(models, tmp_path):
+    f = tmp_path / "inbox.csv"
+    f.write_text("id,text\n1,claim your prize\n2,hello mum\n")
+    with chainlit_context("Spam check") as em:
+        await user_says("", elements=[cl.File(name="inbox.csv", path=str(f), mime="text/csv")])
+    assert "2 messages classified — 1 spam, 1 ham" in sent_texts(em)[-1]
+    assert em.send_element.await_args.args[0]["name"] == "inbox-labelled.csv"  # a downloadable file element
+
+
+async def test_labelled_csv_content_is_what_chainlit_stores(models, tmp_path):
+    f = tmp_path / "inbox.txt"
+    f.write_text("claim your prize\nhello mum\n")
+    with chainlit_context("Spam check") as em:
+        session = app.cl.context.session
+        await user_says("", elements=[cl.File(name="inbox.txt", path=str(f), mime="text/plain")])
+        stored = session.persist_file.await_args.kwargs
+    rows = list(csv.DictReader(io.StringIO(stored["content"].decode())))
+    assert [(r["text"], r["label"]) for r in rows] == [("claim your prize", "spam"), ("hello mum", "ham")]
+    assert stored["mime"] == "text/csv"
+    assert sent_texts(em)
+
+
+@pytest.mark.parametrize("name,data,expected", [
+    ("photo.csv", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x01", "binary"),
+    ("pay.csv", b"id,amount\n1,20\n", "no text column"),
+], ids=["binary", "no-text-column"])
+async def test_bad_upload_gets_a_clear_reply(models, tmp_path, name, data, expected):
+    f = tmp_path / name
+    f.write_bytes(data)
+    with chainlit_context("Spam check") as em:
+        await user_says("", elements=[cl.File(name=name, path=str(f))])
+        await user_says("claim your prize")
+    texts = sent_texts(em)
+    assert any(expected in t for t in texts), texts
+    assert texts[-1] == "🔴 **Spam — 97.3%** spam probability"
+
+
+async def test_missing_checkpoint_tells_the_command_and_keeps_running(monkeypatch):
+    from llm.checkpoint import CheckpointError
+
+    def missing():
+        raise CheckpointError("Checkpoint directory checkpoints/spam does not exist. Create it with: python -m finetune.spam")
+
+    monkeypatch.setattr(app, "models", router.ModelCache(spam_loader=missing, instruct_loader=WordModel))
+    with chainlit_context("Spam check") as em:
+        await app.on_chat_start()
+        await user_says("hello")
+    texts = sent_texts(em)
+    assert len(texts) == 2 and all("python -m finetune.spam" in t for t in texts)
+    with chainlit_context("Assistant") as em:
+        await user_says("hi")
+    assert sent_texts(em)[-1] == "Hello there friend"
+
+
+async def test_ready_route():
+    from starlette.testclient import TestClient
+
+    from chainlit.server import app as fastapi_app
+
+    client = TestClient(fastapi_app)
+    r = client.get("/ready")
+    assert r.headers["content-type"] == "application/json"
+    assert r.status_code in (200, 503) and set(r.json()["checkpoints"]) == {"spam", "instruct"}
+    assert client.get("/health").json() == {"status": "ok"}
