@@ -1,0 +1,409 @@
+"""Instruction fine-tuning of GPT-2 (Alpaca-style prompts), generation and evaluation.
+
+    python -m finetune.instruct prepare [--data PATH] [--alpaca]           # download/validate, data/instruction/{train,val,test}.json
+    python -m finetune.instruct train --base gpt2 --out checkpoints/instruct [--lora-rank 16] [--epochs 2]
+    python -m finetune.instruct generate --checkpoint checkpoints/instruct --instruction "..." [--input "..."] [--json]
+    python -m finetune.instruct generate --checkpoint checkpoints/instruct --test-set [--responses FILE]
+    python -m finetune.instruct eval --checkpoint checkpoints/instruct [--judge-model llama3]
+
+The prompt template is `llm/prompt.py`; data, batching and the model the app calls are `llm/instruct.py`.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm import tqdm
+
+from llm.checkpoint import CheckpointError, save_checkpoint
+from llm.device import pick_device
+from llm.download import DownloadError
+from llm.generate import add_generation_args, add_runtime_args, settings_from_args
+from llm.instruct import (CREATE_HINT, IGNORE_INDEX, InstructionDataError, InstructionModel, batched_loss, collate, token_loss_sum,
+                          encode_example, fetch_data, read_entries, split_entries)
+from llm.prompt import STOP_STRINGS, template_metadata
+from llm.tokenizer import TokenizerError, get_tokenizer
+
+OLLAMA_URL = "http://localhost:11434/api/chat"
+
+
+def load_splits(data: str | None, alpaca: bool = False, quiet: bool = False) -> dict[str, list[dict]]:
+    src = fetch_data(data, alpaca=alpaca)
+    entries, problems = read_entries(src)
+    for p in problems[:20]:
+        print(f"skipped {p}", file=sys.stderr)
+    if len(problems) > 20:
+        print(f"... and {len(problems) - 20} more bad entries skipped", file=sys.stderr)
+    splits = split_entries(entries)
+    if not quiet:
+        print(f"{src}: {len(entries)} valid entries ({len(problems)} skipped) -> "
+              + ", ".join(f"{k} {len(v)}" for k, v in splits.items()), file=sys.stderr)
+    return splits
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare
+# ---------------------------------------------------------------------------------------------
+
+def cmd_prepare(args) -> int:
+    splits = load_splits(args.data, args.alpaca)
+    out = Path(args.data_dir) / ("alpaca" if args.alpaca else "")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, items in splits.items():
+        (out / f"{name}.json").write_text(json.dumps(items, indent=1, ensure_ascii=False) + "\n")
+        print(f"  {name:5s} {len(items):6d} -> {out / (name + '.json')}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------
+
+def train(args) -> dict:
+    from finetune.plots import plot_curves
+    from llm.weights import load_model, resolve_base
+
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    device = pick_device(args.device)
+    tok = get_tokenizer(args.bpe_dir)
+    splits = load_splits(args.data, args.alpaca)
+    train_items = splits["train"][:args.limit] if args.limit else splits["train"]
+    val_items = splits["val"][:args.val_limit] if args.val_limit else splits["val"]
+    train_ex = [encode_example(tok, e) for e in train_items]
+    val_ex = [encode_example(tok, e) for e in val_items]
+
+    model, base_cfg = load_model(resolve_base(args.base), "cpu", "fp32", hint="Pass --base PRESET|DIR or set LLM_BASE.")
+    if args.lora_rank:
+        from llm.lora import apply_lora
+        trainable = apply_lora(model, rank=args.lora_rank, alpha=args.lora_alpha)
+    else:
+        trainable = sum(p.numel() for p in model.parameters())
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    max_len = min(args.max_length, model.config.n_positions)
+    steps_per_epoch = math.ceil(len(train_ex) / (args.batch_size * args.grad_accum))
+    total_steps = steps_per_epoch * args.epochs
+    warmup = min(args.warmup, total_steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(warmup, 1)) *
+                                              (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / max(total_steps, 1), 1.0)))))
+
+    def val_loss() -> float:
+        return batched_loss(model, val_ex, tok.eot_id, device, batch_size=args.batch_size, mask_prompt=args.mask_prompt,
+                            max_length=max_len)
+
+    print(f"training {trainable / 1e6:.2f}M parameters ({'LoRA r=%d' % args.lora_rank if args.lora_rank else 'full'}) on "
+          f"{len(train_ex)} examples, {args.epochs} epochs x {steps_per_epoch} steps, batch {args.batch_size}x{args.grad_accum}, "
+          f"lr {args.lr}, max length {max_len}, prompt masking {'on' if args.mask_prompt else 'off'}, device {device}", file=sys.stderr)
+    history = {"step": [], "train": [], "val_step": [], "val": []}
+    best = {"val": val_loss(), "step": 0, "state": None}
+    history["val_step"].append(0)
+    history["val"].append(best["val"])
+    print(f"step 0: val loss {best['val']:.3f}", file=sys.stderr)
+    step, bad_evals, t0, stop = 0, 0, time.time(), False
+    bar = tqdm(total=total_steps, desc="train", unit="step")
+    for epoch in range(args.epochs):
+        order = list(range(len(train_ex)))
+        rng.shuffle(order)
+        micro = [order[i:i + args.batch_size] for i in range(0, len(order), args.batch_size)]
+        for k in range(0, len(micro), args.grad_accum):
+            group = micro[k:k + args.grad_accum]
+            n_tokens = 0
+            batches = []
+            for idx in group:
+                x, y = collate([train_ex[j] for j in idx], tok.eot_id, args.mask_prompt, max_len)
+                batches.append((x, y))
+                n_tokens += int((y != IGNORE_INDEX).sum())
+            loss_sum = 0.0
+            for x, y in batches:  # token-weighted mean over the whole accumulated step
+                with autocast:
+                    loss = token_loss_sum(model, x.to(device), y.to(device)) / max(n_tokens, 1)
+                loss.backward()
+                loss_sum += loss.item()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            history["step"].append(step)
+            history["train"].append(loss_sum)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum:.3f}", best_val=f"{best['val']:.3f}")
+            if step % args.eval_every == 0 or step == total_steps:
+                v = val_loss()
+                history["val_step"].append(step)
+                history["val"].append(v)
+                tqdm.write(f"step {step}: train loss {loss_sum:.3f}, val loss {v:.3f}", file=sys.stderr)
+                if v < best["val"]:
+                    best.update(val=v, step=step, state={k: t.detach().cpu().clone() for k, t in model.state_dict().items()})
+                    bad_evals = 0
+                else:
+                    bad_evals += 1
+                    if args.patience and bad_evals >= args.patience:
+                        tqdm.write(f"early stop: val loss has not improved for {bad_evals} evaluations", file=sys.stderr)
+                        stop = True
+                        break
+            if args.max_minutes and time.time() - t0 > args.max_minutes * 60 and not stop:
+                if history["val_step"][-1] != step:
+                    v = val_loss()
+                    history["val_step"].append(step)
+                    history["val"].append(v)
+                    if v < best["val"]:
+                        best.update(val=v, step=step, state={k: t.detach().cpu().clone() for k, t in model.state_dict().items()})
+                tqdm.write(f"time limit: stopping after {args.max_minutes} min at step {step}", file=sys.stderr)
+                stop = True
+                break
+        if stop:
+            break
+    bar.close()
+    seconds = time.time() - t0
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    model = model.cpu()
+    if args.lora_rank:
+        from llm.lora import merge_lora
+        merge_lora(model)
+    out = Path(args.out)
+    config = {k: v for k, v in vars(args).items() if k not in ("func",)}
+    metadata = {"prompt_template": template_metadata(), "base": resolve_base(args.base), "train_config": config,
+                "best_step": best["step"], "best_val_loss": best["val"], "steps": step, "train_seconds": round(seconds, 1),
+                "train_examples": len(train_ex), "val_examples": len(val_ex)}
+    save_checkpoint(model.eval(), out, metadata=metadata)
+    (out / "history.json").write_text(json.dumps(history) + "\n")
+    plot_curves({"train": (history["step"], history["train"]), "validation": (history["val_step"], history["val"])},
+                out / "loss.png", title="instruction fine-tuning", xlabel="optimizer step")
+    print(f"trained {step} steps in {seconds / 60:.1f} min; best val loss {best['val']:.3f} at step {best['step']} -> {out} "
+          f"(loss plot {out / 'loss.png'})")
+    return metadata
+
+
+# ---------------------------------------------------------------------------------------------
+# generate
+# ---------------------------------------------------------------------------------------------
+
+def cmd_generate(args) -> int:
+    im = InstructionModel.load(args.checkpoint, args.device, args.precision, args.bpe_dir)
+    settings = settings_from_args(args, stop_strings=STOP_STRINGS)
+    if args.test_set:
+        test = load_splits(args.data, args.alpaca)["test"]
+        test = test[:args.limit] if args.limit else test
+        t0 = time.time()
+        responses = im.respond_batch(test, settings, batch_size=args.batch_size, progress=True)
+        rows = [{**e, "model_response": r} for e, r in zip(test, responses)]
+        out = Path(args.responses or Path(im_path(args)) / "test-responses.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+        print(f"{len(rows)} responses in {time.time() - t0:.0f} s -> {out}")
+        return 0
+    if args.instruction is None:
+        print("error: pass --instruction TEXT (and optionally --input TEXT), or --test-set", file=sys.stderr)
+        return 2
+    if args.json:
+        from llm.generate import GenerationResult
+        result = GenerationResult("", [])
+        text = "".join(im.stream(args.instruction, args.input, settings, result=result)).strip()
+        print(json.dumps({"instruction": args.instruction, "input": args.input, "response": text,
+                          "stopped_by": result.stopped_by}, ensure_ascii=False))
+    else:
+        for piece in im.stream(args.instruction, args.input, settings):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    return 0
+
+
+def im_path(args) -> str:
+    import os
+    from llm.instruct import CHECKPOINT_ENV, DEFAULT_CHECKPOINT
+    return args.checkpoint or os.environ.get(CHECKPOINT_ENV) or DEFAULT_CHECKPOINT
+
+
+# ---------------------------------------------------------------------------------------------
+# eval
+# ---------------------------------------------------------------------------------------------
+
+def rouge_tokens(text: str) -> list[str]:
+    """Lower-cased words and punctuation marks."""
+    return re.findall(r"\w+|[^\w\s]", text.lower())
+
+
+def rouge_l_f1(candidate: str, reference: str) -> float:
+    """ROUGE-L F1: longest common subsequence of tokens, harmonic mean of its precision and recall."""
+    a, b = rouge_tokens(candidate), rouge_tokens(reference)
+    if not a or not b:
+        return float(a == b)
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    p, r = lcs / len(a), lcs / len(b)
+    return 2 * p * r / (p + r)
+
+
+def exact_match(candidate: str, reference: str) -> bool:
+    return " ".join(candidate.split()) == " ".join(reference.split())
+
+
+def judge_scores(rows: list[dict], model: str, url: str = OLLAMA_URL) -> list[int | None] | None:
+    """0-100 scores from an Ollama model (the book's prompt); None when no server answers."""
+    import requests
+
+    try:
+        requests.get(url.rsplit("/api/", 1)[0] + "/api/tags", timeout=3).raise_for_status()
+    except requests.RequestException as e:
+        print(f"LLM judge skipped: no Ollama server at {url} ({type(e).__name__}). Start one with `ollama serve` "
+              f"and `ollama pull {model}` to get judge scores.", file=sys.stderr)
+        return None
+    scores = []
+    for row in tqdm(rows, desc="judge", unit="item"):
+        from llm.prompt import format_prompt
+        prompt = (f"Given the input `{format_prompt(row['instruction'], row['input'])}` and correct output `{row['output']}`, "
+                  f"score the model response `{row['model_response']}` on a scale from 0 to 100, where 100 is the best score. "
+                  "Respond with the integer number only.")
+        r = requests.post(url, json={"model": model, "messages": [{"role": "user", "content": prompt}], "stream": False,
+                                     "options": {"seed": 123, "temperature": 0}}, timeout=120)
+        r.raise_for_status()
+        m = re.search(r"\d+", r.json().get("message", {}).get("content", ""))
+        scores.append(int(m.group()) if m else None)
+    return scores
+
+
+def cmd_eval(args) -> int:
+    ckpt = im_path(args)
+    im = InstructionModel.load(ckpt, args.device, args.precision, args.bpe_dir)
+    test = load_splits(args.data, args.alpaca)["test"]
+    test = test[:args.limit] if args.limit else test
+    examples = [encode_example(im.tokenizer, e) for e in test]
+    device = im.model.wte.weight.device
+    loss = batched_loss(im.model, examples, im.tokenizer.eot_id, device, batch_size=8, mask_prompt=True)
+    responses_path = Path(args.responses or Path(ckpt) / "test-responses.json")
+    rows = None
+    if responses_path.is_file() and not args.regenerate:
+        rows = json.loads(responses_path.read_text())
+        if [(r["instruction"], r["input"]) for r in rows] != [(e["instruction"], e["input"]) for e in test]:
+            rows = None
+    if rows is None:
+        settings = settings_from_args(args, stop_strings=STOP_STRINGS)
+        t0 = time.time()
+        responses = im.respond_batch(test, settings, batch_size=args.batch_size, progress=True)
+        print(f"generated {len(test)} responses in {time.time() - t0:.0f} s", file=sys.stderr)
+        rows = [{**e, "model_response": r} for e, r in zip(test, responses)]
+        responses_path.parent.mkdir(parents=True, exist_ok=True)
+        responses_path.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+    rouge = [rouge_l_f1(r["model_response"], r["output"]) for r in rows]
+    exact = sum(exact_match(r["model_response"], r["output"]) for r in rows)
+    leaked = sum(any(s.strip() in r["model_response"] for s in ("### Instruction:", "### Input:", "### Response:")) for r in rows)
+    metrics = {"checkpoint": str(ckpt), "test_items": len(rows), "test_loss": round(loss, 4),
+               "test_perplexity": round(math.exp(loss), 2), "rouge_l_f1": round(sum(rouge) / len(rouge), 4),
+               "exact_match": exact, "exact_match_rate": round(exact / len(rows), 4), "responses_with_template_headers": leaked,
+               "responses_file": str(responses_path)}
+    if args.judge_model:
+        scores = judge_scores(rows, args.judge_model, args.judge_url)
+        if scores is not None:
+            valid = [s for s in scores if s is not None]
+            metrics["judge_model"] = args.judge_model
+            metrics["judge_mean_score"] = round(sum(valid) / max(len(valid), 1), 2)
+    out = Path(args.metrics or Path(ckpt) / "metrics.json")
+    out.write_text(json.dumps(metrics, indent=2) + "\n")
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m finetune.instruct", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def data_args(q):
+        q.add_argument("--data", default=None, help="instruction data JSON (default: $LLM_INSTRUCTION_DATA, or "
+                       "$LLM_ALPACA_DATA with --alpaca, else download it into data/instruction/)")
+        q.add_argument("--alpaca", action="store_true", help="use Stanford Alpaca (52k) instead of the book's 1,100 entries")
+
+    q = sub.add_parser("prepare", help="download/validate the data and write the 85/10/5 splits")
+    data_args(q)
+    q.add_argument("--data-dir", default="data/instruction", help="where the split files go (default: %(default)s)")
+    q.set_defaults(func=cmd_prepare)
+
+    q = sub.add_parser("train", help="fine-tune a base model on the training split")
+    data_args(q)
+    q.add_argument("--base", default=None, help="preset or checkpoint directory (default: $LLM_BASE, else gpt2)")
+    q.add_argument("--out", default="checkpoints/instruct", help="checkpoint directory (default: %(default)s)")
+    q.add_argument("--epochs", type=int, default=2)
+    q.add_argument("--lr", type=float, default=1e-4)
+    q.add_argument("--weight-decay", type=float, default=0.1)
+    q.add_argument("--warmup", type=int, default=10, help="linear warm-up steps, then cosine decay to 10%% (default: %(default)s)")
+    q.add_argument("--batch-size", type=int, default=8)
+    q.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    q.add_argument("--max-length", type=int, default=256, help="cap on tokens per training sequence")
+    q.add_argument("--mask-prompt", action=argparse.BooleanOptionalAction, default=True,
+                   help="train on the response tokens only (default: on)")
+    q.add_argument("--lora-rank", type=int, default=0, help="LoRA rank; 0 = full fine-tune (default)")
+    q.add_argument("--lora-alpha", type=float, default=32.0)
+    q.add_argument("--eval-every", type=int, default=20, help="validation loss every N optimizer steps")
+    q.add_argument("--patience", type=int, default=3, help="early stop after N evaluations without improvement (0 = never)")
+    q.add_argument("--max-minutes", type=float, default=None, help="stop training after this long (the best checkpoint is kept)")
+    q.add_argument("--limit", type=int, default=None, help="use only the first N training examples")
+    q.add_argument("--val-limit", type=int, default=None, help="use only the first N validation examples")
+    q.add_argument("--seed", type=int, default=123)
+    q.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_runtime_args(q)
+    q.set_defaults(func=lambda a: (train(a), 0)[1])
+
+    for name, helptext in (("generate", "answer one instruction (streamed) or write all test responses"),
+                           ("eval", "test loss/perplexity, ROUGE-L F1, exact match (+ optional Ollama judge)")):
+        q = sub.add_parser(name, help=helptext)
+        q.add_argument("--checkpoint", default=None, help="default: $LLM_INSTRUCT_CHECKPOINT or checkpoints/instruct")
+        data_args(q)
+        q.add_argument("--responses", default=None, help="test responses JSON (default: CHECKPOINT/test-responses.json)")
+        q.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
+        q.add_argument("--limit", type=int, default=None, help="only the first N test items")
+        q.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        add_generation_args(q, max_new_tokens=160)
+        add_runtime_args(q)
+        if name == "generate":
+            q.add_argument("--instruction", default=None)
+            q.add_argument("--input", default="")
+            q.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+            q.add_argument("--test-set", action="store_true", help="write responses for the whole test split to --responses")
+            q.set_defaults(func=cmd_generate)
+        else:
+            q.add_argument("--regenerate", action="store_true", help="generate responses even if the file exists")
+            q.add_argument("--metrics", default=None, help="metrics JSON (default: CHECKPOINT/metrics.json)")
+            q.add_argument("--judge-model", default=None, help="Ollama model to score responses 0-100 (e.g. llama3)")
+            q.add_argument("--judge-url", default=OLLAMA_URL)
+            q.set_defaults(func=cmd_eval)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    try:
+        return args.func(args)
+    except (CheckpointError, DownloadError, TokenizerError, InstructionDataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
