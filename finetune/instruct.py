@@ -112,6 +112,18 @@ def train(args) -> dict:
     history["val"].append(best["val"])
     print(f"step 0: val loss {best['val']:.3f}", file=sys.stderr)
     step, bad_evals, t0, stop = 0, 0, time.time(), False
+
+    def evaluate(at_step: int, train_loss: float) -> bool:
+        """Validation loss now; keeps a copy of the weights when it is the best so far."""
+        v = val_loss()
+        history["val_step"].append(at_step)
+        history["val"].append(v)
+        tqdm.write(f"step {at_step}: train loss {train_loss:.3f}, val loss {v:.3f}", file=sys.stderr)
+        if v >= best["val"]:
+            return False
+        best.update(val=v, step=at_step, state={k: t.detach().cpu().clone() for k, t in model.state_dict().items()})
+        return True
+
     bar = tqdm(total=total_steps, desc="train", unit="step")
     for epoch in range(args.epochs):
         order = list(range(len(train_ex)))
@@ -140,13 +152,10 @@ def train(args) -> dict:
             history["train"].append(loss_sum)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum:.3f}", best_val=f"{best['val']:.3f}")
-            if step % args.eval_every == 0 or step == total_steps:
-                v = val_loss()
-                history["val_step"].append(step)
-                history["val"].append(v)
-                tqdm.write(f"step {step}: train loss {loss_sum:.3f}, val loss {v:.3f}", file=sys.stderr)
-                if v < best["val"]:
-                    best.update(val=v, step=step, state={k: t.detach().cpu().clone() for k, t in model.state_dict().items()})
+            out_of_time = bool(args.max_minutes) and time.time() - t0 > args.max_minutes * 60
+            if step % args.eval_every == 0 or step == total_steps or out_of_time:
+                improved = evaluate(step, loss_sum)
+                if improved:
                     bad_evals = 0
                 else:
                     bad_evals += 1
@@ -154,13 +163,7 @@ def train(args) -> dict:
                         tqdm.write(f"early stop: val loss has not improved for {bad_evals} evaluations", file=sys.stderr)
                         stop = True
                         break
-            if args.max_minutes and time.time() - t0 > args.max_minutes * 60 and not stop:
-                if history["val_step"][-1] != step:
-                    v = val_loss()
-                    history["val_step"].append(step)
-                    history["val"].append(v)
-                    if v < best["val"]:
-                        best.update(val=v, step=step, state={k: t.detach().cpu().clone() for k, t in model.state_dict().items()})
+            if out_of_time and not stop:
                 tqdm.write(f"time limit: stopping after {args.max_minutes} min at step {step}", file=sys.stderr)
                 stop = True
                 break
