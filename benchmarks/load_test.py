@@ -128,6 +128,8 @@ async def run_load(url: str, requests: list[tuple[str, dict]], clients: int, hea
                 except httpx.HTTPError as e:
                     status, raw = 0, repr(e).encode()
                 t1 = time.perf_counter()
+                if len(results) % 50 == 49:
+                    print(f"  {len(results) + 1} responses", file=sys.stderr)
                 results.append({"kind": kind, "status": status, "latency_s": t1 - t0,
                                 "ttfb_s": (first or t1) - t0, "problem": check(kind, body, status, raw)})
 
@@ -149,12 +151,16 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=500)
     p.add_argument("--mix", default="0.8,0.1,0.1", help="weights of classify, chat, chat_stream (default: %(default)s)")
     p.add_argument("--max-tokens", type=int, default=16, help="max_tokens of each chat request")
+    shared_bpe = ROOT.parent / "shared/data/gpt2"
+    p.add_argument("--bpe-dir", default=os.environ.get("LLM_BPE_DIR") or (str(shared_bpe) if shared_bpe.is_dir() else None),
+                   help="GPT-2 BPE files for the offline tokenizer (default: $LLM_BPE_DIR, else ../shared/data/gpt2)")
     p.add_argument("--threads", type=int, default=2, help="torch threads in the server")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/api_load"), help="writes OUT.json and OUT.md")
     args = p.parse_args()
 
     tmp = tempfile.TemporaryDirectory(prefix="api_load_")
+    print("preparing checkpoints and starting the server...", file=sys.stderr)
     spam, instruct = args.spam_checkpoint, args.instruct_checkpoint
     if not (spam and instruct):
         if not args.base:
@@ -166,6 +172,8 @@ def main() -> int:
     env = {**os.environ, "LLM_API_KEY": key, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "llm.api", "--host", "127.0.0.1", "--port", str(port), "--spam-checkpoint", str(spam),
            "--instruct-checkpoint", str(instruct), "--device", "cpu", "--threads", str(args.threads)]
+    if args.bpe_dir:
+        cmd += ["--bpe-dir", args.bpe_dir]
     log_path = Path(tmp.name) / "server.log"
     server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -179,12 +187,17 @@ def main() -> int:
                 h = httpx.get(url + "/health", timeout=5).json()
                 if h["status"] == "ok":
                     break
+                failed = {k: m["error"] for k, m in h["models"].items() if not m["ready"] and m["error"] != "not loaded yet"}
+                if failed:
+                    print(f"server up but models failed to load: {failed}", file=sys.stderr)
+                    return 1
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
                 print("server not ready after 300 s:", h, file=sys.stderr)
                 return 1
             time.sleep(0.2)
+        print(f"server ready on {url}; sending {args.requests} requests from {args.clients} clients", file=sys.stderr)
         mix = tuple(float(x) for x in args.mix.split(","))
         reqs = plan(args.requests, args.seed, mix, args.max_tokens)
         t0 = time.perf_counter()

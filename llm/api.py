@@ -570,7 +570,7 @@ def _sse(obj: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     from llm.generate import add_runtime_args
 
-    p = argparse.ArgumentParser(prog="python -m llm.api", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m llm.api", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Auth: set $LLM_API_KEY to require the key on /v1/*. Models: "
                                        "$LLM_SPAM_CHECKPOINT, $LLM_INSTRUCT_CHECKPOINT (or the flags below).")
