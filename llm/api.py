@@ -225,8 +225,9 @@ class ModelSlot:
     async def get(self) -> Any:
         model = self.model or await asyncio.to_thread(self.load)
         if model is None:
-            raise APIError(503, f"Model {self.model_id} is not available: {self.error} "
-                                f"(create it with: {self.create_hint}, then retry; no restart needed)",
+            how = "" if self.create_hint in (self.error or "") else f" Create it with: {self.create_hint}."
+            raise APIError(503, f"Model {self.model_id} is not available: {self.error}{how} "
+                                "Retry once it exists; the server picks it up without a restart.",
                            "model_unavailable", "model_not_ready")
         return model
 

@@ -134,10 +134,19 @@ def test_concurrent_classify_requests_are_batched_and_each_gets_its_own_answer(s
         assert r.json()["data"][0]["p_spam"] == pytest.approx(p, abs=1e-5)
 
 
+def test_odd_but_valid_unicode_is_classified(spam_client):
+    texts = ["\ud800 lone surrogate", "nul \u0000 inside", "emoji \U0001F600 and \u00e9", "\u202e right-to-left"]
+    raw = json.dumps({"texts": texts}).encode()  # escaped in JSON: valid JSON, odd strings
+    r = spam_client.post("/v1/classify", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert [d["label"] in ("spam", "ham") for d in r.json()["data"]] == [True] * 4
+
+
 BAD_CLASSIFY = {
     "malformed JSON": dict(content=b'{"texts": ["a",', headers={"content-type": "application/json"}),
     "invalid UTF-8": dict(content=b'{"texts": ["\xff\xfe bad"]}', headers={"content-type": "application/json"}),
     "not JSON content type": dict(content=b"texts=a", headers={"content-type": "application/x-www-form-urlencoded"}),
+    "lone surrogate in a key": dict(content=b'{"texts": ["a"], "\\ud800": 1}', headers={"content-type": "application/json"}),
     "body is a list": dict(json=["a", "b"]),
     "wrong field name": dict(json={"text": ["a"]}),
     "extra field": dict(json={"texts": ["a"], "temperature": 1}),
