@@ -9,6 +9,8 @@ DEVICE_ENV = "LLM_DEVICE"
 PRECISION_ENV = "LLM_PRECISION"
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+# int8 = int8 weights with fp32 activations (llm.quantize): fastest on CPU, where decoding is memory-bound.
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -25,10 +27,12 @@ def pick_device(name: str | None = None) -> torch.device:
 def resolve_precision(name: str | None = None) -> str:
     """The inference precision asked for: the flag, else $LLM_PRECISION, else fp32."""
     name = (name or os.environ.get(PRECISION_ENV) or "fp32").lower()
-    if name not in DTYPES:
-        raise ValueError(f"unknown precision {name!r}; use fp32, bf16 or fp16")
+    if name not in DTYPES and name != "int8":
+        raise ValueError(f"unknown precision {name!r}; use one of {', '.join(PRECISIONS)} (flag --precision or ${PRECISION_ENV})")
     return name
 
 
 def parse_dtype(name: str | None = None) -> torch.dtype:
-    return DTYPES[resolve_precision(name)]
+    """The dtype activations (and the KV cache) run in; int8 keeps fp32 activations."""
+    name = resolve_precision(name)
+    return torch.float32 if name == "int8" else DTYPES[name]

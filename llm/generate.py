@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from llm.device import PRECISIONS
 from llm.model import GPT
 from llm.tokenizer import Tokenizer
 
@@ -247,7 +248,7 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     """Device, dtype and tokenizer flags, shared by every CLI that loads a model."""
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default=None, help="cuda, mps or cpu (default: $LLM_DEVICE, else the best available)")
-    g.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"], help="inference precision of the weights (default: $LLM_PRECISION or fp32)")
+    g.add_argument("--precision", default=None, choices=PRECISIONS, help="inference precision of the weights; int8 is the fastest on CPU (default: $LLM_PRECISION or fp32)")
     g.add_argument("--bpe-dir", default=None, help="folder with GPT-2's encoder.json + vocab.bpe for offline use (default: $LLM_BPE_DIR)")
 
 

@@ -16,7 +16,7 @@ import torch
 from llm.checkpoint import (CONFIG_FILE, FORMAT, WEIGHTS_FILE, CheckpointError, build_model, load_state,
                             read_config, read_tensors)
 from llm.config import PRESETS, GPTConfig
-from llm.device import parse_dtype
+from llm.device import parse_dtype, resolve_precision
 from llm.download import download
 from llm.model import GPT
 
@@ -68,8 +68,8 @@ def load_model(source: str | os.PathLike, device: torch.device | str = "cpu", pr
                hint: str = "") -> tuple[GPT, dict[str, Any]]:
     """Load a model from a preset name or a checkpoint directory (ours or Hugging Face's).
 
-    Returns the model in eval mode on `device` in `precision` (fp32, bf16, fp16; None means
-    $LLM_PRECISION or fp32), and the checkpoint's config.json. Training passes "fp32".
+    Returns the model in eval mode on `device` in `precision` (fp32, bf16, fp16, or int8 weights
+    via `llm.quantize`; None means $LLM_PRECISION or fp32), and the checkpoint's config.json. Training passes "fp32".
     """
     source = str(source)
     path = Path(source).expanduser()
@@ -90,7 +90,11 @@ def load_model(source: str | os.PathLike, device: torch.device | str = "cpu", pr
         model = GPT(GPTConfig.from_dict(config))
         state = from_hf_state_dict(read_tensors(path, hint))
     load_state(model, state, str(path))
-    return model.to(device=device, dtype=parse_dtype(precision)).eval(), config
+    model = model.to(device=device, dtype=parse_dtype(precision)).eval()
+    if resolve_precision(precision) == "int8":
+        from llm.quantize import quantize_int8
+        model = quantize_int8(model)
+    return model, config
 
 
 def describe(model: GPT) -> str:
