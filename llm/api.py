@@ -226,7 +226,7 @@ class ModelSlot:
         model = self.model or await asyncio.to_thread(self.load)
         if model is None:
             how = "" if self.create_hint in (self.error or "") else f" Create it with: {self.create_hint}."
-            raise APIError(503, f"Model {self.model_id} is not available: {self.error}{how} "
+            raise APIError(503, f"Model {self.model_id} is not available: {(self.error or '').rstrip('.')}.{how} "
                                 "Retry once it exists; the server picks it up without a restart.",
                            "model_unavailable", "model_not_ready")
         return model
