@@ -140,9 +140,11 @@ async def _assistant(model, message: cl.Message):
 async def ready(request):
     """200 when both checkpoints exist (config.json present), else 503 naming what is missing.
     Chainlit's own GET /health is the liveness check."""
+    from llm import instruct, spam
+
     checks = {
-        "spam": Path(os.environ.get("LLM_SPAM_CHECKPOINT") or "checkpoints/spam") / "config.json",
-        "instruct": Path(os.environ.get("LLM_INSTRUCT_CHECKPOINT") or "checkpoints/instruct") / "config.json",
+        "spam": spam.checkpoint_path(None) / "config.json",
+        "instruct": Path(os.environ.get(instruct.CHECKPOINT_ENV) or instruct.DEFAULT_CHECKPOINT) / "config.json",
     }
     status = {name: ("ok" if path.is_file() else f"missing {path.parent}") for name, path in checks.items()}
     ok = all(v == "ok" for v in status.values())

@@ -169,9 +169,12 @@ def read_upload(name: str, data: bytes) -> tuple[list[str], list[dict[str, str]]
             raise InputError(f"{name} is not a valid CSV ({e}).") from None
         wanted = {c.strip().lower(): c for c in columns}
         column = next((wanted[c] for c in TEXT_COLUMNS if c in wanted), None)
+        if column is None and len(columns) == 1:  # a one-column CSV: that column holds the messages
+            column = columns[0]
         if column is None:
             raise InputError(f"{name} has no text column (columns found: {', '.join(columns) or 'none'}). "
-                             f"Name the column holding the messages `text` (or one of: {', '.join(TEXT_COLUMNS[1:])}).")
+                             f"Name the column holding the messages `text` (or one of: {', '.join(TEXT_COLUMNS[1:])}), "
+                             "or upload a one-column CSV.")
         messages = [(r.get(column) or "").strip() for r in rows]
     if not any(messages):
         raise InputError(f"{name} has no messages to classify.")

@@ -1,0 +1,188 @@
+"""End to end: `chainlit run app.py --headless` with small checkpoints made here, driven in a real
+headless Chromium (Debian's /usr/bin/chromium through Playwright; no browser download).
+
+Assistant: a message gets a reply that the browser sees grow piece by piece (streamed).
+Spam check: "WINNER!! ..." gets a verdict with a probability. A screenshot of each lands in
+$LLM_E2E_SCREENSHOTS (default: the test's tmp dir).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync",
+                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]  # fonts/CDN fail fast offline
+ASSISTANT_MSG = '.step[data-step-type="assistant_message"]'
+USER_MSG = '.step[data-step-type="user_message"]'
+SPAM_TEXT = "WINNER!! Claim your £900 prize now, call 09061701461"
+
+
+def ensure_chromium() -> str:
+    if Path(CHROMIUM).exists():
+        return CHROMIUM
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip(f"{CHROMIUM} missing and not root to apt-get it: apt-get install -y chromium")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            pytest.skip(f"could not install chromium ({' '.join(cmd)} failed): {r.stderr[-500:]}")
+    return CHROMIUM
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_checkpoints(root: Path) -> tuple[Path, Path]:
+    """A tiny random spam classifier and a tiny random instruction model, in the formats the loaders accept."""
+    from llm.checkpoint import save_checkpoint
+    from llm.config import GPTConfig
+    from llm.model import GPT, GPTClassifier
+    from llm.prompt import template_metadata
+    from llm.spam import LABELS
+
+    tiny = GPTConfig(n_layer=2, n_head=2, n_embd=32, n_positions=256)
+    torch.manual_seed(0)
+    spam = save_checkpoint(GPTClassifier(tiny, 2).eval(), root / "spam",
+                           metadata={"labels": list(LABELS), "max_length": 64})
+    instruct = save_checkpoint(GPT(tiny).eval(), root / "instruct", metadata={"prompt_template": template_metadata()})
+    return spam, instruct
+
+
+@pytest.fixture(scope="module")
+def chainlit_url(tmp_path_factory, tokenizer):  # `tokenizer` skips the module when the BPE files are unavailable
+    pytest.importorskip("playwright")
+    ensure_chromium()
+    work = tmp_path_factory.mktemp("e2e")
+    spam, instruct = make_checkpoints(work / "checkpoints")
+    app_root = work / "app"  # a copy of the app's committed look and config: chainlit writes .files/ there
+    app_root.mkdir()
+    for name in (".chainlit/config.toml", "chainlit.md", "public"):
+        src, dst = ROOT / name, app_root / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    port = free_port()
+    env = {**os.environ, "CHAINLIT_APP_ROOT": str(app_root), "LLM_SPAM_CHECKPOINT": str(spam),
+           "LLM_INSTRUCT_CHECKPOINT": str(instruct), "LLM_DEVICE": "cpu",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    log = open(work / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "chainlit", "run", str(ROOT / "app.py"), "--headless",
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=app_root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"chainlit exited with {proc.returncode}:\n{(work / 'server.log').read_text()}")
+            try:
+                with urllib.request.urlopen(url + "/ready", timeout=2) as r:
+                    assert r.status == 200  # both checkpoints found
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"chainlit did not answer in 60 s:\n{(work / 'server.log').read_text()}")
+                time.sleep(0.2)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture(scope="module")  # module scope: sync Playwright's loop must not outlive this module (async tests elsewhere)
+def chromium_browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=ensure_chromium(), headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def chat_page(chromium_browser, chainlit_url):
+    from playwright.sync_api import expect
+
+    ctx = chromium_browser.new_context(base_url=chainlit_url, viewport={"width": 1280, "height": 860})
+    ctx.set_default_timeout(20_000)
+    expect.set_options(timeout=20_000)
+    yield ctx.new_page()
+    ctx.close()
+
+
+def select_profile(page, name: str, confirm: bool) -> None:
+    from playwright.sync_api import expect
+
+    page.locator("#chat-profiles").click()
+    page.locator(f'[data-test="select-item:{name}"]').click()
+    if confirm:  # only asked once the user has sent something
+        page.locator("#confirm").click()
+    expect(page.locator("#chat-profiles")).to_contain_text(name)
+
+
+def send(page, text: str) -> None:
+    from playwright.sync_api import expect
+
+    box = page.locator("#chat-input")
+    expect(box).to_be_enabled()
+    box.fill(text)
+    box.press("Enter")
+
+
+def test_assistant_streams_then_spam_check_verdict(chat_page, tmp_path):
+    from playwright.sync_api import expect
+
+    shots = Path(os.environ.get("LLM_E2E_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    page = chat_page
+    page.goto("/")
+    expect(page.locator("#chat-input")).to_be_visible()
+
+    select_profile(page, "Assistant", confirm=False)
+    expect(page.locator("#chat-settings-open-modal")).to_be_visible()  # the Assistant session has started
+    # Record every text the reply bubble shows while it grows: streaming means several distinct renders.
+    page.evaluate("""() => { window.__renders = [];
+        new MutationObserver(() => { const m = [...document.querySelectorAll('%s')].pop();
+            if (m) { const t = m.innerText.trim(); if (t && window.__renders.at(-1) !== t) window.__renders.push(t); } })
+          .observe(document.body, {subtree: true, childList: true, characterData: true}); }""" % ASSISTANT_MSG)
+    send(page, "Give me three tips for staying healthy.")
+    expect(page.locator(USER_MSG).last).to_contain_text("three tips")
+    expect(page.locator(ASSISTANT_MSG).last).not_to_be_empty()
+    expect(page.locator("#stop-button")).to_have_count(0, timeout=60_000)  # the answer is complete
+    renders = page.evaluate("window.__renders")
+    assert len(renders) >= 3, renders  # the text appeared piece by piece, not in one go
+    assert renders[-1].startswith(renders[0][:5]), renders
+    page.screenshot(path=shots / "assistant.png")
+
+    select_profile(page, "Spam check", confirm=True)
+    expect(page.locator(USER_MSG)).to_have_count(0)  # really a new chat
+    expect(page.locator("#chat-settings-open-modal")).to_have_count(0)  # the Spam check session has started
+    send(page, SPAM_TEXT)
+    expect(page.locator(USER_MSG).last).to_contain_text("WINNER!!")
+    verdict = page.locator(ASSISTANT_MSG).last
+    expect(verdict).to_contain_text(re.compile(r"(Spam|Ham) — \d{1,3}\.\d% spam probability"))
+    page.screenshot(path=shots / "spam_check.png")
+    assert (shots / "spam_check.png").stat().st_size > 10_000
