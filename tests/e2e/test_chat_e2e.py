@@ -3,7 +3,8 @@ headless Chromium (Debian's /usr/bin/chromium through Playwright; no browser dow
 
 Assistant: a message gets a reply that the browser sees grow piece by piece (streamed).
 Spam check: "WINNER!! ..." gets a verdict with a probability. A screenshot of each lands in
-$LLM_E2E_SCREENSHOTS (default: the test's tmp dir).
+$LLM_E2E_SCREENSHOTS (default: the test's tmp dir); LLM_E2E_REAL_CHECKPOINTS=1 uses the trained
+checkpoints/spam and checkpoints/instruct instead of tiny random ones (for the README's screenshots).
 """
 from __future__ import annotations
 
@@ -73,7 +74,10 @@ def chainlit_url(tmp_path_factory, tokenizer):  # `tokenizer` skips the module w
     pytest.importorskip("playwright")
     ensure_chromium()
     work = tmp_path_factory.mktemp("e2e")
-    spam, instruct = make_checkpoints(work / "checkpoints")
+    if os.environ.get("LLM_E2E_REAL_CHECKPOINTS"):  # screenshots with the trained models: checkpoints/{spam,instruct}
+        spam, instruct = ROOT / "checkpoints/spam", ROOT / "checkpoints/instruct"
+    else:
+        spam, instruct = make_checkpoints(work / "checkpoints")
     app_root = work / "app"  # a copy of the app's committed look and config: chainlit writes .files/ there
     app_root.mkdir()
     for name in (".chainlit/config.toml", "chainlit.md", "public"):
