@@ -225,3 +225,32 @@ def test_worker_errors_reach_the_caller():
 
     with pytest.raises(ValueError, match="boom"):
         asyncio.run(main())
+
+
+def test_cancelling_the_task_stops_the_worker():
+    """Chainlit's Stop also cancels the on_message task: the worker must end then too."""
+    produced = []
+
+    def endless():
+        while True:
+            produced.append(1)
+            time.sleep(0.002)
+            yield "x"
+
+    async def consume():
+        async for _ in router.iterate_in_thread(endless, threading.Event()):
+            pass
+
+    async def main():
+        task = asyncio.create_task(consume())
+        while len(produced) < 3:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    time.sleep(0.02)
+    n = len(produced)
+    time.sleep(0.05)
+    assert len(produced) == n
