@@ -223,7 +223,7 @@ class ModelSlot:
             return self.model
 
     async def get(self) -> Any:
-        model = self.model or await asyncio.to_thread(self.load)
+        model = self.model if self.model is not None else await asyncio.to_thread(self.load)
         if model is None:
             how = "" if self.create_hint in (self.error or "") else f" Create it with: {self.create_hint}."
             raise APIError(503, f"Model {self.model_id} is not available: {(self.error or '').rstrip('.')}.{how} "
