@@ -26,6 +26,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+if (ROOT.parent / "shared/data/gpt2").is_dir():  # offline tokenizer files beside the checkout
+    os.environ.setdefault("LLM_BPE_DIR", str(ROOT.parent / "shared/data/gpt2"))
 from llm import router  # noqa: E402
 from llm.instruct import InstructionModel  # noqa: E402
 from llm.prompt import format_prompt  # noqa: E402

@@ -184,7 +184,7 @@ def test_assistant_streams_then_spam_check_verdict(chat_page, tmp_path):
     select_profile(page, "Spam check", confirm=True)
     expect(page.locator(USER_MSG)).to_have_count(0)  # really a new chat
     expect(page.locator("#chat-settings-open-modal")).to_have_count(0)  # the Spam check session has started
-    send(page, SPAM_TEXT)
+    page.get_by_text("A prize text").click()  # the Spam check starter: sends SPAM_TEXT in the new session
     expect(page.locator(USER_MSG).last).to_contain_text("WINNER!!")
     verdict = page.locator(ASSISTANT_MSG).last
     expect(verdict).to_contain_text(re.compile(r"(Spam|Ham) — \d{1,3}\.\d% spam probability"))
