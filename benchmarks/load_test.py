@@ -247,7 +247,8 @@ def main() -> int:
         if s["n"]:
             lines.append(f"| {kind} | {s['n']} | {s['p50_s']:.3f} | {s['p95_s']:.3f} | {s['p99_s']:.3f} | {s['max_s']:.3f} |")
     if by_kind["chat_stream"]["n"]:
-        lines += ["", f"Streaming time to first byte: p50 {by_kind['chat_stream']['ttfb_p50_s']:.3f} s, "
+        lines += ["", "Streaming time to first byte (the role chunk, sent before the request waits for a generation slot): "
+                      f"p50 {by_kind['chat_stream']['ttfb_p50_s']:.3f} s, "
                       f"p95 {by_kind['chat_stream']['ttfb_p95_s']:.3f} s."]
     lines += ["", f"Models: spam {report['models']['spam']}; instruct {report['models']['instruct']}. "
                   f"Machine: {os.cpu_count()} CPUs, torch {torch.__version__}, server threads {args.threads}."]
