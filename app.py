@@ -39,6 +39,12 @@ STARTERS = {
 }
 
 
+if router.login_enabled():  # optional: LLM_APP_USER (default admin) + LLM_APP_PASSWORD, and CHAINLIT_AUTH_SECRET
+    @cl.password_auth_callback
+    def password_login(username: str, password: str):
+        return cl.User(identifier=username) if router.check_login(username, password) else None
+
+
 @cl.set_chat_profiles
 async def chat_profiles(user=None, language=None):
     return [

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hmac
 import io
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,3 +299,19 @@ async def stream_answer(model, instruction: str, settings: GenerationSettings, c
         pieces.append(piece)
         yield piece
     conversation.add(text, "".join(pieces))
+
+
+# --------------------------------------------------------------------------- optional login
+LOGIN_USER_ENV, LOGIN_PASSWORD_ENV = "LLM_APP_USER", "LLM_APP_PASSWORD"
+
+
+def login_enabled() -> bool:
+    """Password login is on when $LLM_APP_PASSWORD is set (Chainlit then also needs CHAINLIT_AUTH_SECRET)."""
+    return bool(os.environ.get(LOGIN_PASSWORD_ENV))
+
+
+def check_login(username: str, password: str) -> bool:
+    expected_user = os.environ.get(LOGIN_USER_ENV, "admin")
+    expected_password = os.environ.get(LOGIN_PASSWORD_ENV, "")
+    return bool(expected_password) and hmac.compare_digest(username.encode(), expected_user.encode()) \
+        and hmac.compare_digest(password.encode(), expected_password.encode())

@@ -254,3 +254,13 @@ def test_cancelling_the_task_stops_the_worker():
     n = len(produced)
     time.sleep(0.05)
     assert len(produced) == n
+
+
+def test_login_only_when_a_password_is_configured(monkeypatch):
+    monkeypatch.delenv(router.LOGIN_PASSWORD_ENV, raising=False)
+    assert not router.login_enabled() and not router.check_login("admin", "")
+    monkeypatch.setenv(router.LOGIN_PASSWORD_ENV, "s3cret")
+    monkeypatch.setenv(router.LOGIN_USER_ENV, "ana")
+    assert router.login_enabled()
+    assert router.check_login("ana", "s3cret")
+    assert not router.check_login("ana", "wrong") and not router.check_login("admin", "s3cret")
