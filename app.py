@@ -63,6 +63,12 @@ def _mode() -> str:
 async def on_chat_start():
     mode = _mode()
     cl.user_session.set("conversation", router.Conversation())
+    # Load first (once per process), so the first answer is fast, a missing checkpoint is said at once,
+    # and the settings panel appearing means the session is ready.
+    try:
+        await cl.make_async(models.get)(mode)
+    except router.ModelUnavailable as e:
+        await cl.Message(content=router.unavailable_reply(mode, e)).send()
     if mode == ASSISTANT_MODE:
         d = router.DEFAULT_SETTINGS
         settings = await cl.ChatSettings([
@@ -72,10 +78,6 @@ async def on_chat_start():
             Slider(id="max_new_tokens", label="Max new tokens", initial=d["max_new_tokens"], min=16, max=512, step=16),
         ]).send()
         cl.user_session.set("settings", settings)
-    try:  # load now (once per process) so the first answer is fast and a missing checkpoint is said at once
-        await cl.make_async(models.get)(mode)
-    except router.ModelUnavailable as e:
-        await cl.Message(content=router.unavailable_reply(mode, e)).send()
 
 
 @cl.on_settings_update
