@@ -8,7 +8,6 @@ loaded once per process on the best device ($LLM_DEVICE to choose). Readiness: G
 """
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -152,7 +151,7 @@ async def ready(request):
 
     checks = {
         "spam": spam.checkpoint_path(None) / "config.json",
-        "instruct": Path(os.environ.get(instruct.CHECKPOINT_ENV) or instruct.DEFAULT_CHECKPOINT) / "config.json",
+        "instruct": instruct.checkpoint_path(None) / "config.json",
     }
     status = {name: ("ok" if path.is_file() else f"missing {path.parent}") for name, path in checks.items()}
     ok = all(v == "ok" for v in status.values())

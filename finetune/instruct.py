@@ -24,6 +24,7 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
+from finetune.cli import run_command
 from llm.checkpoint import CheckpointError, save_checkpoint
 from llm.device import pick_device
 from llm.download import DownloadError
@@ -399,13 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
-    try:
-        return args.func(args)
-    except (CheckpointError, DownloadError, TokenizerError, InstructionDataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(args, args.func, (CheckpointError, DownloadError, TokenizerError, InstructionDataError, ValueError))
 
 
 if __name__ == "__main__":

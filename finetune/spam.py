@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from finetune.cli import run_command
 from llm.checkpoint import CheckpointError, save_checkpoint
 from llm.device import pick_device
 from llm.download import DownloadError
@@ -415,20 +416,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
-    try:
-        if args.cmd == "prepare":
-            prepare(args.sms_data, args.data_dir)
-        elif args.cmd == "train":
-            train(args)
-        elif args.cmd == "eval":
-            run_eval(args)
-        else:
-            return predict(args)
-    except (SpamDataError, CheckpointError, DownloadError, TokenizerError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(args, _dispatch, (SpamDataError, CheckpointError, DownloadError, TokenizerError, ValueError))
+
+
+def _dispatch(args: argparse.Namespace) -> int | None:
+    if args.cmd == "prepare":
+        prepare(args.sms_data, args.data_dir)
+    elif args.cmd == "train":
+        train(args)
+    elif args.cmd == "eval":
+        run_eval(args)
+    else:
+        return predict(args)
     return 0
 
 

@@ -171,6 +171,11 @@ def with_template_stops(settings: GenerationSettings | None) -> GenerationSettin
     return GenerationSettings(**{**s.__dict__, "stop_strings": stops})
 
 
+def checkpoint_path(checkpoint: str | os.PathLike | None = None) -> Path:
+    """The flag, else $LLM_INSTRUCT_CHECKPOINT, else checkpoints/instruct."""
+    return Path(checkpoint or os.environ.get(CHECKPOINT_ENV) or DEFAULT_CHECKPOINT)
+
+
 class InstructionModel:
     """An instruction-tuned GPT-2: load once, then `stream` or `respond` per request."""
 
@@ -184,7 +189,7 @@ class InstructionModel:
         from llm.tokenizer import get_tokenizer
         from llm.weights import load_model
 
-        path = Path(checkpoint or os.environ.get(CHECKPOINT_ENV) or DEFAULT_CHECKPOINT)
+        path = checkpoint_path(checkpoint)
         if not path.is_dir():
             raise CheckpointError(f"No instruction checkpoint at {path}. {CREATE_HINT}")
         model, config = load_model(path, pick_device(device), precision, hint=CREATE_HINT)

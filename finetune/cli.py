@@ -1,0 +1,20 @@
+"""What every training CLI does around its subcommand: thread count, and errors as one clear line."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+import torch
+
+
+def run_command(args: argparse.Namespace, command: Callable[[argparse.Namespace], int | None],
+                expected_errors: tuple[type[BaseException], ...]) -> int:
+    """Apply `--threads`, run `command(args)`; an expected error prints `error: ...` and exits 2."""
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    try:
+        return command(args) or 0
+    except expected_errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
