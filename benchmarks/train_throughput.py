@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from finetune.optim import adamw  # noqa: E402
 from finetune.pretrain import LMLoss  # noqa: E402
 from llm.config import GPTConfig  # noqa: E402
 from llm.model import GPT  # noqa: E402
@@ -140,8 +141,7 @@ def main() -> int:
     n_peer = sum(p.numel() for p in peer.parameters())
     runners = {}
     for name, model in (("ours", ours), ("transformers", HFLogits(peer))):
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1,
-                                fused=device.type == "cuda")
+        opt = adamw(model.parameters(), device, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
         runners[name] = make_step(model, opt, amp, o["compile"])
 
     g = torch.Generator().manual_seed(0)

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from finetune.cli import run_command
+from finetune.optim import adamw, warmup_cosine_schedule
 from llm.checkpoint import CheckpointError, save_checkpoint
 from llm.device import pick_device
 from llm.download import DownloadError
@@ -91,14 +92,13 @@ def train(args) -> dict:
         trainable = sum(p.numel() for p in model.parameters())
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    opt = adamw(params, device, lr=args.lr, weight_decay=args.weight_decay)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     max_len = min(args.max_length, model.config.n_positions)
     steps_per_epoch = math.ceil(len(train_ex) / (args.batch_size * args.grad_accum))
     total_steps = steps_per_epoch * args.epochs
     warmup = min(args.warmup, total_steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(warmup, 1)) *
-                                              (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / max(total_steps, 1), 1.0)))))
+    sched = warmup_cosine_schedule(opt, total_steps, warmup)
 
     def val_loss() -> float:
         return batched_loss(model, val_ex, tok.eot_id, device, batch_size=args.batch_size, mask_prompt=args.mask_prompt,

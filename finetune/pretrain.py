@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from finetune.optim import adamw, warmup_cosine
 from llm.checkpoint import CheckpointError, read_config, read_tensors, load_state, save_checkpoint
 from llm.config import PRESETS, GPTConfig
 from llm.generate import GenerationSettings, generate
@@ -66,12 +66,7 @@ def parse_shape(shape: str, context: int | None = None, dropout: float = 0.0) ->
 
 def lr_at(step: int, args) -> float:
     """Linear warmup to --lr, then cosine decay to --min-lr at --max-steps."""
-    if step < args.warmup_steps:
-        return args.lr * (step + 1) / args.warmup_steps
-    if step >= args.max_steps:
-        return args.min_lr
-    progress = (step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps)
-    return args.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (args.lr - args.min_lr)
+    return args.lr * warmup_cosine(step, args.max_steps, args.warmup_steps, args.min_lr / args.lr if args.lr else 0.0)
 
 
 def make_optimizer(model: GPT, args, device: torch.device) -> torch.optim.AdamW:
@@ -80,8 +75,7 @@ def make_optimizer(model: GPT, args, device: torch.device) -> torch.optim.AdamW:
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8,
-                             fused=device.type == "cuda")
+    return adamw(groups, device, lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8)
 
 
 class LMLoss(nn.Module):

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from finetune.cli import run_command
+from finetune.optim import adamw, warmup_cosine_schedule
 from llm.checkpoint import CheckpointError, save_checkpoint
 from llm.device import pick_device
 from llm.download import DownloadError
@@ -65,10 +66,12 @@ def prepare(sms_data: str | None, data_dir: str | Path = DATA_DIR, quiet: bool =
 # train
 # ---------------------------------------------------------------------------------------------
 
-def classifier_from_base(base: str, num_classes: int = 2) -> GPTClassifier:
+def classifier_from_base(base: str, num_classes: int = 2, dropout: float | None = None) -> GPTClassifier:
     from llm.weights import load_model
 
     lm, _ = load_model(base, "cpu", "fp32", hint="Pass --base PRESET|DIR or set LLM_BASE.")
+    if dropout is not None:
+        lm.config.dropout = dropout
     model = GPTClassifier(lm.config, num_classes)
     missing, unexpected = model.load_state_dict(lm.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("score.") for k in missing), (missing, unexpected)
@@ -150,7 +153,7 @@ def train(args) -> dict:
     data_dir = Path(args.data_dir) / args.split_set
     train_rows, val_rows = read_split(data_dir / "train.csv"), read_split(data_dir / "validation.csv")
     base = resolve_base(args.base)
-    model = classifier_from_base(base)
+    model = classifier_from_base(base, dropout=args.dropout)
     context = model.config.n_positions
     train_seqs = [tok.encode(t)[:context] for _, t in train_rows]
     max_length = min(args.max_length or max(map(len, train_seqs)), context)
@@ -161,12 +164,14 @@ def train(args) -> dict:
     n_trainable = select_trainable(model, args.train, args.last_blocks, args.lora_rank, args.lora_alpha)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    opt = adamw(params, device, lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(train_seqs) / args.batch_size)
+    total_steps = steps_per_epoch * args.epochs
+    sched = warmup_cosine_schedule(opt, total_steps, round(args.warmup * total_steps), args.min_lr_ratio)
     out = Path(args.out)
     metadata = {"labels": list(LABELS), "max_length": max_length, "base": str(base), "threshold": SPAM_THRESHOLD,
                 "train": args.train, "last_blocks": args.last_blocks if args.train == "last" else None,
-                "split_set": args.split_set, "lr": args.lr, "batch_size": args.batch_size}
+                "split_set": args.split_set, "lr": args.lr, "batch_size": args.batch_size, "epochs": args.epochs}
     print(f"base {base}; training {args.train} ({n_trainable / 1e6:.2f}M of {model.num_parameters() / 1e6:.1f}M parameters); "
           f"{len(train_seqs)} train / {len(val_seqs)} validation messages from {data_dir}; max length {max_length} tokens; device {device}")
 
@@ -185,6 +190,7 @@ def train(args) -> dict:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
+            sched.step()
             step += 1
             run_loss += loss.item() * len(y)
             run_correct += (logits.argmax(-1) == y).sum().item()
@@ -386,7 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lora-alpha", type=float, default=16.0)
     tr.add_argument("--epochs", type=int, default=2)
     tr.add_argument("--batch-size", type=int, default=8)
-    tr.add_argument("--lr", type=float, default=1e-4)
+    tr.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate")
+    tr.add_argument("--warmup", type=float, default=0.05, help="linear warmup, as a fraction of all steps")
+    tr.add_argument("--min-lr-ratio", type=float, default=0.1,
+                    help="the cosine decay's final learning rate, as a fraction of --lr (1 = constant)")
+    tr.add_argument("--dropout", type=float, default=None, help="dropout while fine-tuning (default: the base's)")
     tr.add_argument("--weight-decay", type=float, default=0.1)
     tr.add_argument("--max-length", type=int, default=None, help="tokens per message (default: the longest training message, capped by the context)")
     tr.add_argument("--eval-every", type=int, default=100, help="steps between validation passes")

@@ -5,7 +5,6 @@ briefly on real messages.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -182,10 +181,11 @@ def test_finetune_briefly_on_real_messages(base_model_dir, tokenizer, tmp_path):
         rows = list(csv.reader(io.StringIO("".join(lines))))[: keep + 1]
         with open(f, "w", newline="", encoding="utf-8") as out:
             csv.writer(out).writerows(rows)
-    args = argparse.Namespace(seed=123, device="cpu", bpe_dir=None, data_dir=str(tmp_path / "data"), split_set="balanced",
-                              base=str(base_model_dir), max_length=64, train="last", last_blocks=1, lora_rank=8,
-                              lora_alpha=16.0, lr=2e-4, weight_decay=0.0, batch_size=8, epochs=1, out=str(tmp_path / "ck"),
-                              eval_every=15, patience=10)
+    args = cli.build_parser().parse_args([
+        "train", "--device", "cpu", "--data-dir", str(tmp_path / "data"), "--split-set", "balanced",
+        "--base", str(base_model_dir), "--max-length", "64", "--train", "last", "--last-blocks", "1", "--lr", "2e-4",
+        "--weight-decay", "0", "--batch-size", "8", "--epochs", "1", "--out", str(tmp_path / "ck"),
+        "--eval-every", "15", "--patience", "10"])
     metrics = cli.train(args)
     assert metrics["best"]["val_acc"] >= 0.85  # chance is 0.5 on the balanced split
     clf = SpamClassifier.load(tmp_path / "ck", device="cpu")
