@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import io
 import json
 import math
@@ -70,9 +71,8 @@ def classifier_from_base(base: str, num_classes: int = 2, dropout: float | None 
     from llm.weights import load_model
 
     lm, _ = load_model(base, "cpu", "fp32", hint="Pass --base PRESET|DIR or set LLM_BASE.")
-    if dropout is not None:
-        lm.config.dropout = dropout
-    model = GPTClassifier(lm.config, num_classes)
+    config = lm.config if dropout is None else dataclasses.replace(lm.config, dropout=dropout)
+    model = GPTClassifier(config, num_classes)
     missing, unexpected = model.load_state_dict(lm.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("score.") for k in missing), (missing, unexpected)
     return model
@@ -393,9 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--epochs", type=int, default=2)
     tr.add_argument("--batch-size", type=int, default=8)
     tr.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate")
-    tr.add_argument("--warmup", type=float, default=0.05, help="linear warmup, as a fraction of all steps")
-    tr.add_argument("--min-lr-ratio", type=float, default=0.1,
-                    help="the cosine decay's final learning rate, as a fraction of --lr (1 = constant)")
+    tr.add_argument("--warmup", type=float, default=0.0, help="linear warmup, as a fraction of all steps")
+    tr.add_argument("--min-lr-ratio", type=float, default=1.0,
+                    help="the cosine decay's final learning rate, as a fraction of --lr (default 1 = constant)")
     tr.add_argument("--dropout", type=float, default=None, help="dropout while fine-tuning (default: the base's)")
     tr.add_argument("--weight-decay", type=float, default=0.1)
     tr.add_argument("--max-length", type=int, default=None, help="tokens per message (default: the longest training message, capped by the context)")
