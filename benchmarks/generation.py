@@ -13,7 +13,8 @@ precision the benchmark prints its ceiling: the effective GB/s of a large matrix
 in that precision's kernel (the LM head's shape, measured here and now) divided by the bytes of
 weights one decode step reads.
 
-Also measured: int8 vs fp32 greedy agreement (first 20 tokens of the instruction test prompts)
+Also measured: int8 vs fp32 greedy agreement (first 20 tokens of the 110 instruction test prompts,
+with the instruction checkpoint when it exists, else the base)
 and, for the app's Assistant mode, time to first token and tokens/s per precision with a
 ~100-token Alpaca prompt (the instruction checkpoint when it exists, else the base as a proxy).
 Results: benchmarks/results/generation.json and generation.md.
@@ -213,14 +214,19 @@ def main() -> int:
         data = json.loads(Path(data_path).read_text())
         train_end = int(len(data) * 0.85)  # 85/10/5 train/test/val split (the instruct fine-tune's)
         test = data[train_end:train_end + int(len(data) * 0.1)][:args.agreement_prompts]
+        # The instruction checkpoint is the model these prompts are for; the base is the fallback.
+        inst_dir = Path(args.instruct)
+        pair = ({p: load_model(inst_dir, "cpu", p)[0] for p in ("fp32", "int8")} if (inst_dir / "config.json").is_file()
+                else models)
+        agree_desc = str(inst_dir) if pair is not models else base_desc
         same = 0
         for item in test:
             ids = tok.encode(format_prompt(item["instruction"], item.get("input", "")))
-            a = list(generate_ids(models["fp32"], ids, GenerationSettings(max_new_tokens=20), eot_id=tok.eot_id))
-            b = list(generate_ids(models["int8"], ids, GenerationSettings(max_new_tokens=20), eot_id=tok.eot_id))
+            a = list(generate_ids(pair["fp32"], ids, GenerationSettings(max_new_tokens=20), eot_id=tok.eot_id))
+            b = list(generate_ids(pair["int8"], ids, GenerationSettings(max_new_tokens=20), eot_id=tok.eot_id))
             same += a == b
         agreement = {"prompts": len(test), "identical_first_20": same, "fraction": same / len(test),
-                     "model": base_desc, "data": str(data_path)}
+                     "model": agree_desc, "data": str(data_path)}
         print(f"int8 vs fp32 greedy, first 20 tokens identical on {same}/{len(test)} instruction test prompts "
               f"({same / len(test):.1%})")
 
@@ -280,7 +286,7 @@ def markdown(r: dict) -> str:
     if r["int8_agreement"]:
         a = r["int8_agreement"]
         lines += ["", f"int8 vs fp32 greedy: first 20 tokens identical on {a['identical_first_20']}/{a['prompts']} "
-                  f"instruction test prompts ({a['fraction']:.1%})."]
+                  f"instruction test prompts ({a['fraction']:.1%}); model: {a['model']}."]
     if r["assistant"]:
         a = r["assistant"]
         lines += ["", f"Assistant mode ({a['prompt_tokens']}-token prompt, {a['new_tokens']} new tokens; {a['model']}):", "",

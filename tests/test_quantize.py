@@ -100,3 +100,16 @@ def test_unknown_precision_is_a_clear_error(tiny_checkpoint, monkeypatch):
     with pytest.raises(ValueError, match="LLM_PRECISION"):
         resolve_precision()
     assert parse_dtype("int8") == torch.float32
+
+
+def test_int8_lm_head_rescores_its_top_logits_in_fp32():
+    from llm.quantize import REFINE_TOP, Int8LMHead
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 500, bias=False)
+    head = Int8LMHead.from_linear(linear)
+    x = torch.randn(3, 2, 64) * 20  # large activations: bf16 rounding of the kernel's output is visible
+    y = head(x)
+    exact = x @ (head.qweight.float() * head.scales[:, None]).T
+    top = exact.topk(REFINE_TOP, dim=-1).indices
+    assert torch.allclose(y.gather(-1, top), exact.gather(-1, top), atol=1e-3)
+    assert torch.equal(y.argmax(-1), exact.argmax(-1))
