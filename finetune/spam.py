@@ -385,17 +385,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data-dir", default=DATA_DIR, help="folder written by `prepare`")
     tr.add_argument("--split-set", default="natural", choices=("natural", "balanced"), help="which split set trains")
     tr.add_argument("--out", default="checkpoints/spam", help="checkpoint directory (best validation model)")
-    tr.add_argument("--train", default="last", choices=("head", "last", "all", "lora"),
+    tr.add_argument("--train", default="all", choices=("head", "last", "all", "lora"),
                     help="what trains: the head only, the last N blocks + final norm + head, everything, or LoRA adapters")
     tr.add_argument("--last-blocks", type=int, default=2, help="N for --train last")
     tr.add_argument("--lora-rank", type=int, default=8)
     tr.add_argument("--lora-alpha", type=float, default=16.0)
     tr.add_argument("--epochs", type=int, default=2)
     tr.add_argument("--batch-size", type=int, default=8)
-    tr.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate")
-    tr.add_argument("--warmup", type=float, default=0.0, help="linear warmup, as a fraction of all steps")
-    tr.add_argument("--min-lr-ratio", type=float, default=1.0,
-                    help="the cosine decay's final learning rate, as a fraction of --lr (default 1 = constant)")
+    tr.add_argument("--lr", type=float, default=5e-5, help="peak AdamW learning rate")
+    tr.add_argument("--warmup", type=float, default=0.05, help="linear warmup, as a fraction of all steps")
+    tr.add_argument("--min-lr-ratio", type=float, default=0.1,
+                    help="the cosine decay's final learning rate, as a fraction of --lr (1 = constant)")
     tr.add_argument("--dropout", type=float, default=None, help="dropout while fine-tuning (default: the base's)")
     tr.add_argument("--weight-decay", type=float, default=0.1)
     tr.add_argument("--max-length", type=int, default=None, help="tokens per message (default: the longest training message, capped by the context)")
