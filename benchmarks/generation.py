@@ -207,6 +207,10 @@ def main() -> int:
               f"{ce['weight_MB_per_token']:.1f} MB of weights per token")
     print(f"ours fp32 with cache vs without: {cache_vs_nocache:.1f}x; fp32 greedy ids identical to transformers: {same_fp32}")
 
+    # The instruction checkpoint in every precision, loaded once for the agreement check and Assistant mode.
+    inst_models = ({prec: load_model(Path(args.instruct), "cpu", prec)[0] for prec in ("fp32", "bf16", "int8")}
+                   if (Path(args.instruct) / "config.json").is_file() else None)
+
     # --- int8 quality: greedy agreement on the instruction test prompts -----------------------------
     agreement = None
     data_path = args.instruction_data or (SHARED / "data/instruction/instruction-data.json")
@@ -215,10 +219,8 @@ def main() -> int:
         train_end = int(len(data) * 0.85)  # 85/10/5 train/test/val split (the instruct fine-tune's)
         test = data[train_end:train_end + int(len(data) * 0.1)][:args.agreement_prompts]
         # The instruction checkpoint is the model these prompts are for; the base is the fallback.
-        inst_dir = Path(args.instruct)
-        pair = ({p: load_model(inst_dir, "cpu", p)[0] for p in ("fp32", "int8")} if (inst_dir / "config.json").is_file()
-                else models)
-        agree_desc = str(inst_dir) if pair is not models else base_desc
+        pair = inst_models or models
+        agree_desc = args.instruct if inst_models else base_desc
         same = 0
         for item in test:
             ids = tok.encode(format_prompt(item["instruction"], item.get("input", "")))
@@ -234,7 +236,7 @@ def main() -> int:
     assistant = None
     if tok is not None:
         inst_dir = Path(args.instruct)
-        use_inst = (inst_dir / "config.json").is_file()
+        use_inst = inst_models is not None
         src = inst_dir if use_inst else base
         instruction = ("Summarize the following paragraph in one sentence, keeping the names and the dates, "
                        "and explain why the event mattered.")
@@ -245,7 +247,7 @@ def main() -> int:
         assistant = {"model": str(src) + ("" if use_inst else " (base model as a proxy: no instruction checkpoint yet)"),
                      "prompt_tokens": len(ids), "new_tokens": 100, "runs": {}}
         for prec in ("fp32", "bf16", "int8"):
-            m = models[prec] if not use_inst else load_model(src, "cpu", prec)[0]
+            m = inst_models[prec] if use_inst else models[prec]
             time_ours(m, ids, 4)
             r = time_ours(m, ids, 100)
             decode = 99 / (r["seconds"] - r["first_token_s"])
