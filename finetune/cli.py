@@ -1,4 +1,4 @@
-"""What every training CLI does around its subcommand: thread count, and errors as one clear line."""
+"""What every training CLI shares: --help that shows defaults, the thread count, errors as one clear line."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,15 @@ import sys
 from typing import Callable
 
 import torch
+
+
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a default only where there is one and the help text does not explain it already."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def run_command(args: argparse.Namespace, command: Callable[[argparse.Namespace], int | None],

@@ -1,6 +1,7 @@
 """The optimizer and learning-rate schedule the training CLIs share."""
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -23,3 +24,25 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: flo
 def warmup_cosine_schedule(opt: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
                            min_ratio: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total_steps, warmup_steps, min_ratio))
+
+
+class WeightAverage:
+    """An exponential moving average of a model's trainable weights (Polyak averaging).
+
+    `model` is the averaged copy: evaluate and save it instead of the last step's weights. It moves
+    less from one step to the next, so validation picks a checkpoint by its quality rather than by
+    where the last few noisy batches happened to leave it. The decay ramps up as (1+n)/(10+n) until
+    it reaches `decay`, so early in training the average follows the weights closely."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay, self.updates = decay, 0
+        self.model = copy.deepcopy(model).eval()
+        self.model.requires_grad_(False)
+        pairs = [(a, p) for a, p in zip(self.model.parameters(), model.parameters()) if p.requires_grad]
+        self._averaged, self._live = [a for a, _ in pairs], [p for _, p in pairs]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self._averaged, self._live, 1 - decay)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from finetune.cli import DefaultsHelp
 from finetune.optim import adamw, warmup_cosine
 from llm.checkpoint import CheckpointError, read_config, read_tensors, load_state, save_checkpoint
 from llm.config import PRESETS, GPTConfig
@@ -171,21 +172,12 @@ def all_mean(value: float, device: torch.device, world: int) -> float:
 
 # ----------------------------------------------------------------------------- training
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Show a default only where there is one and the help text does not explain it already."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, False) or "default" in (action.help or ""):
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m finetune.pretrain",
         description="Pretrain a GPT-2 from plain text (one device, or many with torchrun). "
                     "Re-running the same command resumes from --out.",
-        formatter_class=_Help)
+        formatter_class=DefaultsHelp)
     g = p.add_argument_group("data and output")
     g.add_argument("--data", nargs="+", required=True, help="plain-text files; documents separated by <|endoftext|> or blank lines")
     g.add_argument("--out", required=True, help="output checkpoint directory (resume state lives in OUT/resume/)")

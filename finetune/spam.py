@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from finetune.cli import run_command
-from finetune.optim import adamw, warmup_cosine_schedule
+from finetune.cli import DefaultsHelp, run_command
+from finetune.optim import WeightAverage, adamw, warmup_cosine_schedule
 from llm.checkpoint import CheckpointError, save_checkpoint
 from llm.device import pick_device
 from llm.download import DownloadError
@@ -168,10 +168,13 @@ def train(args) -> dict:
     steps_per_epoch = math.ceil(len(train_seqs) / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
     sched = warmup_cosine_schedule(opt, total_steps, round(args.warmup * total_steps), args.min_lr_ratio)
+    average = WeightAverage(model, args.average) if args.average else None
+    kept = average.model if average else model  # what is validated and saved
     out = Path(args.out)
     metadata = {"labels": list(LABELS), "max_length": max_length, "base": str(base), "threshold": SPAM_THRESHOLD,
                 "train": args.train, "last_blocks": args.last_blocks if args.train == "last" else None,
-                "split_set": args.split_set, "lr": args.lr, "batch_size": args.batch_size, "epochs": args.epochs}
+                "split_set": args.split_set, "lr": args.lr, "batch_size": args.batch_size, "epochs": args.epochs,
+                "average": args.average}
     print(f"base {base}; training {args.train} ({n_trainable / 1e6:.2f}M of {model.num_parameters() / 1e6:.1f}M parameters); "
           f"{len(train_seqs)} train / {len(val_seqs)} validation messages from {data_dir}; max length {max_length} tokens; device {device}")
 
@@ -191,13 +194,15 @@ def train(args) -> dict:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
+            if average:
+                average.update()
             step += 1
             run_loss += loss.item() * len(y)
             run_correct += (logits.argmax(-1) == y).sum().item()
             run_n += len(y)
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if step % args.eval_every == 0 or step == steps_per_epoch * args.epochs:
-                val_loss, val_acc, _ = evaluate(model, val_seqs, y_val, tok.eot_id, max_length, device)
+                val_loss, val_acc, _ = evaluate(kept, val_seqs, y_val, tok.eot_id, max_length, device)
                 for k, v in (("step", step), ("train_loss", run_loss / run_n), ("val_loss", val_loss),
                              ("train_acc", run_correct / run_n), ("val_acc", val_acc)):
                     history[k].append(v)
@@ -207,7 +212,7 @@ def train(args) -> dict:
                            f"val loss {val_loss:.4f} acc {val_acc:.4f}{'  (best, saved)' if improved else ''}")
                 if improved:
                     best = {"val_acc": val_acc, "val_loss": val_loss, "step": step, "epoch": epoch + 1}
-                    _save(model, out, {**metadata, "best_step": step, "val_acc": val_acc, "val_loss": val_loss})
+                    _save(kept, out, {**metadata, "best_step": step, "val_acc": val_acc, "val_loss": val_loss})
                     bad_evals = 0
                 else:
                     bad_evals += 1
@@ -218,9 +223,10 @@ def train(args) -> dict:
         if stop:
             break
     seconds = time.perf_counter() - t0
-    plot_curves({"train": (history["step"], history["train_loss"]), "validation": (history["step"], history["val_loss"])},
+    val_name = "validation (weight average)" if average else "validation"
+    plot_curves({"train": (history["step"], history["train_loss"]), val_name: (history["step"], history["val_loss"])},
                 out / "loss.png", title="SMS spam: loss")
-    plot_curves({"train": (history["step"], history["train_acc"]), "validation": (history["step"], history["val_acc"])},
+    plot_curves({"train": (history["step"], history["train_acc"]), val_name: (history["step"], history["val_acc"])},
                 out / "accuracy.png", title="SMS spam: accuracy", ylabel="accuracy")
     metrics = {"best": best, "steps": step, "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
                "trainable_parameters": n_trainable, "config": metadata, "history": history}
@@ -291,6 +297,8 @@ def run_eval(args) -> dict:
         p = clf.p_spam([t for _, t in test_rows])
         ours = scores(y, [int(q >= SPAM_THRESHOLD) for q in p])
         ours["seconds"] = round(time.perf_counter() - t0, 1)
+        ours["errors"] = [{"label": lab, "p_spam": round(q, 4), "text": t}
+                          for (lab, t), q in zip(test_rows, p) if (q >= SPAM_THRESHOLD) != (lab == "spam")]
         base = tfidf_baseline(train_rows, test_rows)
         plot_confusion(ours["confusion"], out_dir / f"confusion_{set_name}.png", f"{set_name} test (n={len(y)})")
         result[set_name] = {"gpt2_classifier": ours, "tfidf_logreg": base}
@@ -380,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--data-dir", default=DATA_DIR, help=f"where the splits go (default {DATA_DIR})")
 
     tr = sub.add_parser("train", help="fine-tune a GPT-2 base into the classifier",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        formatter_class=DefaultsHelp)
     tr.add_argument("--base", default=None, help="preset or checkpoint directory (default: $LLM_BASE, else gpt2)")
     tr.add_argument("--data-dir", default=DATA_DIR, help="folder written by `prepare`")
     tr.add_argument("--split-set", default="natural", choices=("natural", "balanced"), help="which split set trains")
@@ -388,20 +396,22 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--train", default="all", choices=("head", "last", "all", "lora"),
                     help="what trains: the head only, the last N blocks + final norm + head, everything, or LoRA adapters")
     tr.add_argument("--last-blocks", type=int, default=2, help="N for --train last")
-    tr.add_argument("--lora-rank", type=int, default=8)
-    tr.add_argument("--lora-alpha", type=float, default=16.0)
-    tr.add_argument("--epochs", type=int, default=2)
-    tr.add_argument("--batch-size", type=int, default=8)
+    tr.add_argument("--lora-rank", type=int, default=8, help="adapter rank for --train lora")
+    tr.add_argument("--lora-alpha", type=float, default=16.0, help="adapter scale (alpha / rank) numerator for --train lora")
+    tr.add_argument("--epochs", type=int, default=2, help="passes over the training messages")
+    tr.add_argument("--batch-size", type=int, default=8, help="messages per optimizer step")
     tr.add_argument("--lr", type=float, default=5e-5, help="peak AdamW learning rate")
     tr.add_argument("--warmup", type=float, default=0.05, help="linear warmup, as a fraction of all steps")
     tr.add_argument("--min-lr-ratio", type=float, default=0.1,
                     help="the cosine decay's final learning rate, as a fraction of --lr (1 = constant)")
     tr.add_argument("--dropout", type=float, default=None, help="dropout while fine-tuning (default: the base's)")
-    tr.add_argument("--weight-decay", type=float, default=0.1)
+    tr.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
+    tr.add_argument("--average", type=float, default=0.99,
+                    help="validate and save an exponential moving average of the weights with this decay (0 = off: the live weights)")
     tr.add_argument("--max-length", type=int, default=None, help="tokens per message (default: the longest training message, capped by the context)")
     tr.add_argument("--eval-every", type=int, default=100, help="steps between validation passes")
     tr.add_argument("--patience", type=int, default=4, help="stop after this many validation passes without improvement")
-    tr.add_argument("--seed", type=int, default=123)
+    tr.add_argument("--seed", type=int, default=123, help="for the head's initialisation and the batch order")
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     tr.add_argument("--device", default=None, help="cuda, mps or cpu (default: $LLM_DEVICE, else the best available)")
     tr.add_argument("--bpe-dir", default=None, help="folder with GPT-2's encoder.json + vocab.bpe (default: $LLM_BPE_DIR)")

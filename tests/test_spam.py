@@ -18,7 +18,7 @@ from llm.checkpoint import CheckpointError, save_checkpoint
 from llm.config import GPTConfig
 from llm.model import GPTClassifier
 from llm.spam import (LABELS, SPAM_THRESHOLD, SpamClassifier, collate, deduplicate, encode, make_splits,
-                      read_collection)
+                      read_collection, write_split)
 from finetune import spam as cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,6 +164,21 @@ def test_select_trainable():
     last = cli.select_trainable(model, "last", 1, 4, 8)
     assert last == head + sum(p.numel() for p in model.ln_f.parameters()) + sum(p.numel() for p in model.h[-1].parameters())
     assert not any(p.requires_grad for p in model.h[0].parameters())
+
+
+@pytest.mark.parametrize("what", ["all", "lora"])
+def test_train_cli_saves_the_weight_average_as_a_loadable_classifier(what, tiny_checkpoint, tokenizer, tmp_path):
+    for split in ("train", "validation"):
+        write_split(synthetic_rows(24, 8), tmp_path / "data/natural" / f"{split}.csv")
+    args = cli.build_parser().parse_args([
+        "train", "--device", "cpu", "--data-dir", str(tmp_path / "data"), "--base", str(tiny_checkpoint), "--train", what,
+        "--epochs", "1", "--batch-size", "8", "--eval-every", "2", "--average", "0.9", "--out", str(tmp_path / "ck")])
+    metrics = cli.train(args)
+    assert metrics["steps"] == 4 and metrics["config"]["average"] == 0.9
+    assert metrics["history"]["step"] == [2, 4] and (tmp_path / "ck/accuracy.png").is_file()
+    clf = SpamClassifier.load(tmp_path / "ck", device="cpu")
+    (label, p_spam), = clf.classify(["WINNER! claim prize 3 now"])
+    assert label in LABELS and 0.0 <= p_spam <= 1.0
 
 
 @pytest.mark.shared

@@ -1,0 +1,36 @@
+"""The shared training pieces: the warm-up + cosine schedule and the weight average."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from finetune.optim import WeightAverage, warmup_cosine
+
+
+def test_warmup_then_cosine_down_to_the_floor():
+    assert warmup_cosine(0, 100, 10) == pytest.approx(0.1, abs=0.01)
+    assert warmup_cosine(9, 100, 10) == pytest.approx(1.0, abs=0.02)
+    assert warmup_cosine(50, 100, 10, min_ratio=0.1) == pytest.approx(0.55)
+    assert warmup_cosine(100, 100, 10, min_ratio=0.1) == pytest.approx(0.1)
+    assert warmup_cosine(500, 100, 10, min_ratio=0.1) == pytest.approx(0.1)
+
+
+def test_weight_average_follows_trainable_weights_only():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    model[0].requires_grad_(False)
+    average = WeightAverage(model, decay=0.9)
+    start = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    average.update()  # first update: decay ramps as (1+n)/(10+n) = 2/11
+    got = list(average.model.parameters())
+    for i in (0, 1):  # frozen: the copy keeps its weights
+        torch.testing.assert_close(got[i], start[i])
+    for i in (2, 3):  # trainable: lerp towards the live weights by 1 - 2/11
+        torch.testing.assert_close(got[i], start[i] + 9 / 11)
+    assert not any(p.requires_grad for p in average.model.parameters()) and not average.model.training
+    for _ in range(1000):
+        average.update()
+    torch.testing.assert_close(got[2], start[2] + 1.0)  # converges to steady live weights
