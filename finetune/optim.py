@@ -1,4 +1,4 @@
-"""The optimizer and learning-rate schedule the training CLIs share."""
+"""What the training CLIs share: the optimizer, the learning-rate schedule, the weight average."""
 from __future__ import annotations
 
 import copy
@@ -35,6 +35,8 @@ class WeightAverage:
     it reaches `decay`, so early in training the average follows the weights closely."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"the weight average's decay must be between 0 and 1 (e.g. 0.99), not {decay}")
         self.decay, self.updates = decay, 0
         self.model = copy.deepcopy(model).eval()
         self.model.requires_grad_(False)

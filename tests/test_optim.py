@@ -34,3 +34,9 @@ def test_weight_average_follows_trainable_weights_only():
     for _ in range(1000):
         average.update()
     torch.testing.assert_close(got[2], start[2] + 1.0)  # converges to steady live weights
+
+
+@pytest.mark.parametrize("decay", [1.0, 1.5, -0.1])
+def test_weight_average_refuses_a_decay_outside_0_1(decay):
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        WeightAverage(torch.nn.Linear(2, 2), decay)
