@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from finetune.cli import run_command
-from finetune.optim import adamw, warmup_cosine_schedule
+from finetune.optim import TRAIN_DTYPES, adamw, autocast, autocast_dtype, length_grouped_batches, warmup_cosine_schedule
 from llm.checkpoint import CheckpointError, save_checkpoint
 from llm.device import pick_device
 from llm.download import DownloadError
@@ -93,7 +93,7 @@ def train(args) -> dict:
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(params, device, lr=args.lr, weight_decay=args.weight_decay)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    amp_dtype = autocast_dtype(args.dtype, device)
     max_len = min(args.max_length, model.config.n_positions)
     steps_per_epoch = math.ceil(len(train_ex) / (args.batch_size * args.grad_accum))
     total_steps = steps_per_epoch * args.epochs
@@ -101,12 +101,14 @@ def train(args) -> dict:
     sched = warmup_cosine_schedule(opt, total_steps, warmup)
 
     def val_loss() -> float:
-        return batched_loss(model, val_ex, tok.eot_id, device, batch_size=args.batch_size, mask_prompt=args.mask_prompt,
+        with autocast(device, amp_dtype):
+            return batched_loss(model, val_ex, tok.eot_id, device, batch_size=args.batch_size, mask_prompt=args.mask_prompt,
                             max_length=max_len)
 
     print(f"training {trainable / 1e6:.2f}M parameters ({'LoRA r=%d' % args.lora_rank if args.lora_rank else 'full'}) on "
           f"{len(train_ex)} examples, {args.epochs} epochs x {steps_per_epoch} steps, batch {args.batch_size}x{args.grad_accum}, "
-          f"lr {args.lr}, max length {max_len}, prompt masking {'on' if args.mask_prompt else 'off'}, device {device}", file=sys.stderr)
+          f"lr {args.lr}, max length {max_len}, prompt masking {'on' if args.mask_prompt else 'off'}, device {device}, "
+          f"autocast {amp_dtype or 'off'}{', batches grouped by length' if args.group_by_length else ''}", file=sys.stderr)
     history = {"step": [], "train": [], "val_step": [], "val": []}
     best = {"val": val_loss(), "step": 0, "state": None}
     history["val_step"].append(0)
@@ -127,9 +129,12 @@ def train(args) -> dict:
 
     bar = tqdm(total=total_steps, desc="train", unit="step")
     for epoch in range(args.epochs):
-        order = list(range(len(train_ex)))
-        rng.shuffle(order)
-        micro = [order[i:i + args.batch_size] for i in range(0, len(order), args.batch_size)]
+        if args.group_by_length:
+            micro = length_grouped_batches([min(len(e.ids), max_len) for e in train_ex], args.batch_size, rng)
+        else:
+            order = list(range(len(train_ex)))
+            rng.shuffle(order)
+            micro = [order[i:i + args.batch_size] for i in range(0, len(order), args.batch_size)]
         for k in range(0, len(micro), args.grad_accum):
             group = micro[k:k + args.grad_accum]
             n_tokens = 0
@@ -140,7 +145,7 @@ def train(args) -> dict:
                 n_tokens += int((y != IGNORE_INDEX).sum())
             loss_sum = 0.0
             for x, y in batches:  # token-weighted mean over the whole accumulated step
-                with autocast:
+                with autocast(device, amp_dtype):
                     loss = token_loss_sum(model, x.to(device), y.to(device)) / max(n_tokens, 1)
                 loss.backward()
                 loss_sum += loss.item()
@@ -358,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--batch-size", type=int, default=8)
     q.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     q.add_argument("--max-length", type=int, default=256, help="cap on tokens per training sequence")
+    q.add_argument("--group-by-length", action="store_true",
+                   help="batch examples of similar length together (less padding: faster on long, varied data such as Alpaca)")
+    q.add_argument("--dtype", default=None, choices=sorted(TRAIN_DTYPES),
+                   help="autocast dtype (default: bf16 on CUDA, fp32 elsewhere; bf16 is ~2.5x faster on CPUs with AVX512-BF16/AMX); weights stay fp32")
     q.add_argument("--mask-prompt", action=argparse.BooleanOptionalAction, default=True,
                    help="train on the response tokens only (default: on)")
     q.add_argument("--lora-rank", type=int, default=0, help="LoRA rank; 0 = full fine-tune (default)")

@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from finetune.cli import DefaultsHelp
-from finetune.optim import adamw, warmup_cosine
+from finetune.optim import TRAIN_DTYPES, adamw, autocast, autocast_dtype, warmup_cosine
 from llm.checkpoint import CheckpointError, read_config, read_tensors, load_state, save_checkpoint
 from llm.config import PRESETS, GPTConfig
 from llm.generate import GenerationSettings, generate
@@ -88,8 +88,7 @@ class LMLoss(nn.Module):
         self.model, self.amp_dtype = model, amp_dtype
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        amp = torch.autocast(x.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
-        with amp:
+        with autocast(x.device, self.amp_dtype):
             logits = self.model(x)
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
 
@@ -211,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop-after", type=int, default=None, help="leave after this many steps of this invocation (a time-boxed job; re-run to continue)")
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default=None, help="cuda, mps or cpu (default: $LLM_DEVICE, else the best available); torchrun uses cuda:LOCAL_RANK")
-    g.add_argument("--dtype", default=None, choices=["bf16", "fp32"], help="autocast dtype (default: bf16 on CUDA, fp32 elsewhere); weights stay fp32")
+    g.add_argument("--dtype", default=None, choices=sorted(TRAIN_DTYPES), help="autocast dtype (default: bf16 on CUDA, fp32 elsewhere); weights stay fp32")
     g.add_argument("--compile", default=None, action=argparse.BooleanOptionalAction, help="torch.compile the model (default: on for CUDA, off elsewhere)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -272,7 +271,7 @@ def train(args) -> dict:
         elif master and (out / "log.txt").exists():
             (out / "log.txt").unlink()
 
-        amp_dtype = {"bf16": torch.bfloat16, "fp32": None}[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+        amp_dtype = autocast_dtype(args.dtype, device)
         use_compile = args.compile if args.compile is not None else device.type == "cuda"
         fwd: nn.Module = LMLoss(model, amp_dtype)
         if world > 1:

@@ -122,6 +122,19 @@ def test_generate_cli_json_and_test_set(trained, capsys, tmp_path):
     assert all(set(r) == {"instruction", "input", "output", "model_response"} for r in rows)
 
 
+def test_bf16_autocast_and_length_grouped_batches_train(tiny_checkpoint, data_file, tmp_path, capsys):
+    out = tmp_path / "ckpt"
+    assert main(["train", "--base", str(tiny_checkpoint), "--data", str(data_file), "--out", str(out), "--epochs", "1",
+                 "--batch-size", "4", "--lr", "1e-3", "--eval-every", "4", "--dtype", "bf16", "--group-by-length",
+                 "--device", "cpu"]) == 0
+    assert "autocast torch.bfloat16, batches grouped by length" in capsys.readouterr().err
+    cfg = read_config(out)
+    assert cfg["metadata"]["train_config"]["dtype"] == "bf16" and cfg["metadata"]["steps"] == 9
+    history = json.loads((out / "history.json").read_text())
+    assert min(history["val"][1:]) < history["val"][0], history["val"]
+    assert all(t.dtype == torch.float32 for t in InstructionModel.load(out, device="cpu").model.state_dict().values())
+
+
 # --- stopping ---------------------------------------------------------------------------------
 
 class Scripted(GPT):
@@ -186,3 +199,4 @@ def test_short_finetune_on_real_data_lowers_validation_loss(base_model_dir, toke
                  "--epochs", "1", "--batch-size", "8", "--lr", "1e-4", "--eval-every", "1", "--device", "cpu"]) == 0
     history = json.loads((out / "history.json").read_text())
     assert history["val"][-1] < history["val"][0] - 0.2, history["val"]
+
