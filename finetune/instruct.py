@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--group-by-length", action="store_true",
                    help="batch examples of similar length together (less padding: faster on long, varied data such as Alpaca)")
     q.add_argument("--dtype", default=None, choices=sorted(TRAIN_DTYPES),
-                   help="autocast dtype (default: bf16 on CUDA, fp32 elsewhere; bf16 is ~2.5x faster on CPUs with AVX512-BF16/AMX); weights stay fp32")
+                   help="autocast dtype (default: bf16 on CUDA, fp32 elsewhere; bf16 is ~1.7x faster on CPUs with AVX512-BF16/AMX); weights stay fp32")
     q.add_argument("--mask-prompt", action=argparse.BooleanOptionalAction, default=True,
                    help="train on the response tokens only (default: on)")
     q.add_argument("--lora-rank", type=int, default=0, help="LoRA rank; 0 = full fine-tune (default)")

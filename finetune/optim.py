@@ -59,8 +59,8 @@ class WeightAverage:
 
 def autocast_dtype(choice: str | None, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `--dtype` (default: bf16 on CUDA, fp32 elsewhere). bf16 on a CPU
-    pays off where it has bf16 matrix units (AVX512-BF16, AMX): ~2.5x per training step on the
-    project's 2-core Zen 5 machine; without them it is slower than fp32."""
+    pays off where it has bf16 matrix units (AVX512-BF16, AMX): 1.7x per training step on
+    the project's 2-core Zen 5 machine; without them it can be slower than fp32."""
     return TRAIN_DTYPES[choice or ("bf16" if device.type == "cuda" else "fp32")]
 
 
