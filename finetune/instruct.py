@@ -102,8 +102,8 @@ def train(args) -> dict:
 
     def val_loss() -> float:
         with autocast(device, amp_dtype):
-            return batched_loss(model, val_ex, tok.eot_id, device, batch_size=args.batch_size, mask_prompt=args.mask_prompt,
-                            max_length=max_len)
+            return batched_loss(model, val_ex, tok.eot_id, device, batch_size=args.batch_size,
+                                mask_prompt=args.mask_prompt, max_length=max_len)
 
     print(f"training {trainable / 1e6:.2f}M parameters ({'LoRA r=%d' % args.lora_rank if args.lora_rank else 'full'}) on "
           f"{len(train_ex)} examples, {args.epochs} epochs x {steps_per_epoch} steps, batch {args.batch_size}x{args.grad_accum}, "
