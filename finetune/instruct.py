@@ -24,8 +24,8 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from finetune.cli import run_command
-from finetune.optim import TRAIN_DTYPES, adamw, autocast, autocast_dtype, length_grouped_batches, warmup_cosine_schedule
+from finetune.cli import add_dtype_arg, run_command
+from finetune.optim import adamw, autocast, autocast_dtype, length_grouped_batches, warmup_cosine_schedule
 from llm.checkpoint import CheckpointError, save_checkpoint
 from llm.device import pick_device
 from llm.download import DownloadError
@@ -127,10 +127,11 @@ def train(args) -> dict:
         best.update(val=v, step=at_step, state={k: t.detach().cpu().clone() for k, t in model.state_dict().items()})
         return True
 
+    lengths = [min(len(e.ids), max_len) for e in train_ex]
     bar = tqdm(total=total_steps, desc="train", unit="step")
     for epoch in range(args.epochs):
         if args.group_by_length:
-            micro = length_grouped_batches([min(len(e.ids), max_len) for e in train_ex], args.batch_size, rng)
+            micro = length_grouped_batches(lengths, args.batch_size, rng)
         else:
             order = list(range(len(train_ex)))
             rng.shuffle(order)
@@ -365,8 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-length", type=int, default=256, help="cap on tokens per training sequence")
     q.add_argument("--group-by-length", action="store_true",
                    help="batch examples of similar length together (less padding: faster on long, varied data such as Alpaca)")
-    q.add_argument("--dtype", default=None, choices=sorted(TRAIN_DTYPES),
-                   help="autocast dtype (default: bf16 on CUDA, fp32 elsewhere; bf16 is ~1.7x faster on CPUs with AVX512-BF16/AMX); weights stay fp32")
+    add_dtype_arg(q)
     q.add_argument("--mask-prompt", action=argparse.BooleanOptionalAction, default=True,
                    help="train on the response tokens only (default: on)")
     q.add_argument("--lora-rank", type=int, default=0, help="LoRA rank; 0 = full fine-tune (default)")

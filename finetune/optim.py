@@ -64,10 +64,9 @@ def autocast_dtype(choice: str | None, device: torch.device) -> torch.dtype | No
     return TRAIN_DTYPES[choice or ("bf16" if device.type == "cuda" else "fp32")]
 
 
-def autocast(device: torch.device | str, dtype: torch.dtype | None):
+def autocast(device: torch.device, dtype: torch.dtype | None):
     """`torch.autocast` to `dtype` on `device`'s type, or nothing when dtype is None."""
-    device_type = device.type if isinstance(device, torch.device) else device
-    return torch.autocast(device_type, dtype=dtype) if dtype else contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.Random, group: int = 50) -> list[list[int]]:

@@ -30,7 +30,7 @@ def plot_curves(series: dict[str, tuple[list[float], list[float]]], path: str | 
         if len(xs) > SMOOTH_ABOVE:
             window = max(len(xs) // 50, 2)
             (raw,) = ax.plot(xs, ys, alpha=0.25, linewidth=0.8)
-            ax.plot(xs, moving_average(list(ys), window), color=raw.get_color(), label=f"{name} (mean of {window} steps)")
+            ax.plot(xs, moving_average(ys, window), color=raw.get_color(), label=f"{name} (mean of {window} steps)")
         else:
             ax.plot(xs, ys, label=name, marker="o" if len(xs) < 30 else None, markersize=3)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from finetune.cli import DefaultsHelp
-from finetune.optim import TRAIN_DTYPES, adamw, autocast, autocast_dtype, warmup_cosine
+from finetune.cli import DefaultsHelp, add_dtype_arg
+from finetune.optim import adamw, autocast, autocast_dtype, warmup_cosine
 from llm.checkpoint import CheckpointError, read_config, read_tensors, load_state, save_checkpoint
 from llm.config import PRESETS, GPTConfig
 from llm.generate import GenerationSettings, generate
@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop-after", type=int, default=None, help="leave after this many steps of this invocation (a time-boxed job; re-run to continue)")
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default=None, help="cuda, mps or cpu (default: $LLM_DEVICE, else the best available); torchrun uses cuda:LOCAL_RANK")
-    g.add_argument("--dtype", default=None, choices=sorted(TRAIN_DTYPES), help="autocast dtype (default: bf16 on CUDA, fp32 elsewhere); weights stay fp32")
+    add_dtype_arg(g)
     g.add_argument("--compile", default=None, action=argparse.BooleanOptionalAction, help="torch.compile the model (default: on for CUDA, off elsewhere)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")

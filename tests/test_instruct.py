@@ -199,4 +199,3 @@ def test_short_finetune_on_real_data_lowers_validation_loss(base_model_dir, toke
                  "--epochs", "1", "--batch-size", "8", "--lr", "1e-4", "--eval-every", "1", "--device", "cpu"]) == 0
     history = json.loads((out / "history.json").read_text())
     assert history["val"][-1] < history["val"][0] - 0.2, history["val"]
-
