@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import io
 import json
 import math
 import random
@@ -34,11 +33,10 @@ from llm.download import DownloadError
 from llm.generate import add_runtime_args
 from llm.model import GPTClassifier
 from llm.spam import (LABELS, SPAM_THRESHOLD, SpamClassifier, SpamDataError, collate, deduplicate, encode,
-                      fetch_data, make_splits, read_collection, read_split, write_split)
+                      fetch_data, make_splits, read_collection, read_csv_messages, read_split, write_split)
 from llm.tokenizer import TokenizerError, get_tokenizer
 
 DATA_DIR = "data/sms_spam"
-TEXT_COLUMNS = ("text", "message", "sms")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,19 +321,7 @@ def read_messages_file(path: str) -> list[str]:
               "undecodable bytes were replaced with U+FFFD. Re-save the file as UTF-8 for exact text.", file=sys.stderr)
     if p.suffix.lower() != ".csv":
         return [line for line in content.splitlines() if line.strip()]
-    import pandas as pd
-    try:
-        df = pd.read_csv(io.StringIO(content), dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise SpamDataError(f"{p} is not a readable CSV: {e}") from e
-    cols = {c.strip().lower(): c for c in df.columns}
-    col = next((cols[c] for c in TEXT_COLUMNS if c in cols), None)
-    if col is None and len(df.columns) == 1:
-        col = df.columns[0]
-    if col is None:
-        raise SpamDataError(f"{p} has no text column: expected one named {', '.join(TEXT_COLUMNS)} (or a single column); "
-                            f"it has {', '.join(map(str, df.columns))}")
-    return df[col].tolist()
+    return read_csv_messages(content, str(p))[0]
 
 
 def predict(args) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator
 
 from llm.generate import GenerationSettings
+from llm.spam import SpamDataError, read_csv_messages
 
 SPAM_MODE = "Spam check"
 ASSISTANT_MODE = "Assistant"
@@ -29,7 +30,6 @@ SPAM_MAX_LINES = 500  # messages classified from one paste
 ASSISTANT_MAX_CHARS = 4_000  # about 1,000 tokens: more would not fit GPT-2's 1,024-token context
 FILE_MAX_ROWS = 20_000
 FILE_MAX_BYTES = 5 * 1024 * 1024  # also the upload limit in .chainlit/config.toml
-TEXT_COLUMNS = ("text", "message", "sms", "body", "content", "v2")  # CSV columns read as the message
 HISTORY_EXCHANGES = 1  # earlier (question, answer) pairs carried into the next prompt
 BATCH = 32  # rows per classify() call for files
 
@@ -164,20 +164,9 @@ def read_upload(name: str, data: bytes) -> tuple[list[str], list[dict[str, str]]
         rows, columns = [{} for _ in messages], []
     else:
         try:
-            reader = csv.DictReader(io.StringIO(text))
-            columns = [c for c in (reader.fieldnames or []) if c is not None]
-            rows = [{k: v for k, v in r.items() if k is not None} for r in reader]
-        except csv.Error as e:
-            raise InputError(f"{name} is not a valid CSV ({e}).") from None
-        wanted = {c.strip().lower(): c for c in columns}
-        column = next((wanted[c] for c in TEXT_COLUMNS if c in wanted), None)
-        if column is None and len(columns) == 1:  # a one-column CSV: that column holds the messages
-            column = columns[0]
-        if column is None:
-            raise InputError(f"{name} has no text column (columns found: {', '.join(columns) or 'none'}). "
-                             f"Name the column holding the messages `text` (or one of: {', '.join(TEXT_COLUMNS[1:])}), "
-                             "or upload a one-column CSV.")
-        messages = [(r.get(column) or "").strip() for r in rows]
+            messages, rows, columns = read_csv_messages(text, name)
+        except SpamDataError as e:
+            raise InputError(str(e)) from None
     if not any(messages):
         raise InputError(f"{name} has no messages to classify.")
     if len(messages) > FILE_MAX_ROWS:

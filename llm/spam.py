@@ -11,6 +11,7 @@ spam announces itself early). Training and evaluation live in `finetune/spam.py`
 from __future__ import annotations
 
 import csv
+import io
 import os
 import random
 import sys
@@ -32,6 +33,7 @@ DATA_SHA256 = "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d"
 SEED = 123
 SPLIT_NAMES = ("train", "validation", "test")
 FRACTIONS = (0.7, 0.1, 0.2)
+TEXT_COLUMNS = ("text", "message", "sms", "body", "content", "v2")  # CSV columns read as the message, in this order
 TRAIN_HINT = "Create it with: python -m finetune.spam prepare && python -m finetune.spam train --out checkpoints/spam"
 
 
@@ -141,6 +143,35 @@ def read_split(path: str | os.PathLike) -> list[tuple[str, str]]:
         raise SpamDataError(f"{path} does not exist. Create the splits with: python -m finetune.spam prepare")
     with open(path, newline="", encoding="utf-8") as f:
         return [(r["label"], r["text"]) for r in csv.DictReader(f)]
+
+
+def read_csv_messages(text: str, name: str) -> tuple[list[str], list[dict[str, str | None]], list[str]]:
+    """(messages, rows, columns) of a CSV of messages to classify (the app's uploads, `predict --file`).
+
+    The messages are the first column named in TEXT_COLUMNS (any case), or the only column. A row
+    with more fields than the header is refused rather than cut short: its message most likely holds
+    an unquoted comma, and classifying half of it would be a silent wrong answer."""
+    try:
+        reader = csv.DictReader(io.StringIO(text))
+        columns = list(reader.fieldnames or [])
+        rows = list(reader)
+    except csv.Error as e:
+        raise SpamDataError(f"{name} is not a valid CSV ({e}).") from None
+    overlong = [i + 1 for i, row in enumerate(rows) if None in row]  # DictReader files surplus fields under None
+    if overlong:
+        listed = ", ".join(map(str, overlong[:5])) + (f" and {len(overlong) - 5} more" if len(overlong) > 5 else "")
+        raise SpamDataError(f"{name}: data row {listed} has more fields than the header's {len(columns)}. A message "
+                            'that contains a comma must be in double quotes ("like, this"); or use a TXT file, one '
+                            "message per line.")
+    wanted = {c.strip().lower(): c for c in columns}
+    column = next((wanted[c] for c in TEXT_COLUMNS if c in wanted), None)
+    if column is None and len(columns) == 1:  # a one-column CSV: that column holds the messages
+        column = columns[0]
+    if column is None:
+        raise SpamDataError(f"{name} has no text column (columns found: {', '.join(columns) or 'none'}). "
+                            f"Name the column holding the messages `text` (or one of: {', '.join(TEXT_COLUMNS[1:])}), "
+                            "or upload a one-column CSV.")
+    return [(row.get(column) or "").strip() for row in rows], rows, columns
 
 
 # ---------------------------------------------------------------------------------------------

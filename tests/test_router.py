@@ -109,6 +109,12 @@ def test_csv_without_text_column_is_refused_clearly():
         router.classify_upload(KeywordClassifier(), "pay.csv", b"id,amount\n1,20\n")
 
 
+def test_csv_row_with_an_unquoted_comma_is_refused_not_cut_short():
+    data = b"text\nWINNER!! Claim your prize now, call 09061701461\nsee you\n\"a, quoted\"\nb,c,d\n"
+    with pytest.raises(InputError, match=r"data row 1, 4 has more fields than the header's 1\. .*double quotes"):
+        router.classify_upload(KeywordClassifier(), "sms.csv", data)
+
+
 def test_binary_upload_is_refused_clearly():
     png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))
     with pytest.raises(InputError, match="binary"):

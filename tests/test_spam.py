@@ -138,9 +138,13 @@ def test_predict_cli_json_and_files(clf_checkpoint, tokenizer, tmp_path, capsys)
 def test_predict_cli_bad_inputs(clf_checkpoint, tmp_path, capsys):
     ck = str(clf_checkpoint)
     bad = tmp_path / "bad.csv"
-    bad.write_text("id,body\n1,hello\n")
+    bad.write_text("id,amount\n1,20\n")
     assert cli.main(["predict", "--checkpoint", ck, "--file", str(bad)]) == 2
     assert "no text column" in capsys.readouterr().err
+    unquoted = tmp_path / "unquoted.csv"  # a comma inside an unquoted message: refused, not classified by halves
+    unquoted.write_text("text\nWINNER!! Claim your prize now, call 09061701461\nSee you at 7?\n")
+    assert cli.main(["predict", "--checkpoint", ck, "--file", str(unquoted)]) == 2
+    assert "data row 1 has more fields than the header's 1" in capsys.readouterr().err
     assert cli.main(["predict", "--checkpoint", ck, ""]) == 2
     assert "empty" in capsys.readouterr().err
     assert cli.main(["predict", "--checkpoint", ck]) == 2
