@@ -1,14 +1,13 @@
 """The chat app: `chainlit run app.py` (or `make app`, which first prepares missing checkpoints).
 
-Thin Chainlit handlers over `llm/router.py`, where every rule lives:
+Thin Chainlit handlers over `llm/serving/chat.py` (the rules) and the process's serving runtime
+(`llm/serving/runtime.py`: the model registry and the continuous-batching engine, shared with the API):
   chat profile "Spam check" -> a verdict with the spam probability per line, or a labelled CSV per file
   chat profile "Assistant"  -> streamed answers from the instruction-tuned model (Stop really stops)
-Checkpoints: $LLM_SPAM_CHECKPOINT / $LLM_INSTRUCT_CHECKPOINT (default checkpoints/spam, checkpoints/instruct),
-loaded once per process on the best device ($LLM_DEVICE to choose). Readiness: GET /ready.
+Models start loading when the process starts; GET /ready says when both are loaded.
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import chainlit as cl
@@ -17,10 +16,13 @@ from chainlit.server import app as fastapi_app
 from fastapi.responses import JSONResponse
 from starlette.routing import Route
 
-from llm import router
-from llm.router import ASSISTANT_MODE, SPAM_MODE
+from llm.serving import chat
+from llm.serving.chat import ASSISTANT_MODE, SPAM_MODE
+from llm.serving.engine import EngineBusy
+from llm.serving.limits import MAX_NEW_TOKENS
+from llm.serving.runtime import ModelUnavailable, get_runtime
 
-models = router.ModelCache()
+runtime = get_runtime()  # loads both models in the background, now
 
 STARTERS = {
     SPAM_MODE: [
@@ -38,10 +40,10 @@ STARTERS = {
 }
 
 
-if router.login_enabled():  # optional: LLM_APP_USER (default admin) + LLM_APP_PASSWORD, and CHAINLIT_AUTH_SECRET
+if chat.login_enabled():  # optional: LLM_APP_USER (default admin) + LLM_APP_PASSWORD, and CHAINLIT_AUTH_SECRET
     @cl.password_auth_callback
     def password_login(username: str, password: str):
-        return cl.User(identifier=username) if router.check_login(username, password) else None
+        return cl.User(identifier=username) if chat.check_login(username, password) else None
 
 
 @cl.set_chat_profiles
@@ -55,26 +57,27 @@ async def chat_profiles(user=None, language=None):
 
 
 def _mode() -> str:
-    return router.mode_for(cl.user_session.get("chat_profile"))
+    return chat.mode_for(cl.user_session.get("chat_profile"))
 
 
 @cl.on_chat_start
 async def on_chat_start():
+    """Never waits for a model: the input stays usable, and a message sent meanwhile waits for the load."""
     mode = _mode()
-    cl.user_session.set("conversation", router.Conversation())
-    # Load first (once per process), so the first answer is fast, a missing checkpoint is said at once,
-    # and the settings panel appearing means the session is ready.
-    try:
-        await cl.make_async(models.get)(mode)
-    except router.ModelUnavailable as e:
-        await cl.Message(content=router.unavailable_reply(mode, e)).send()
+    cl.user_session.set("conversation", chat.Conversation())
+    status = runtime.registry.status()[chat.MODEL_OF_MODE[mode]]
+    if status["loading"]:
+        await cl.Message(content=chat.loading_notice(mode)).send()
+    elif not status["ready"]:
+        await cl.Message(content=chat.unavailable_reply(runtime.registry.unavailable_message(chat.MODEL_OF_MODE[mode]))).send()
     if mode == ASSISTANT_MODE:
-        d = router.DEFAULT_SETTINGS
+        d = chat.DEFAULT_SETTINGS
         settings = await cl.ChatSettings([
             Slider(id="temperature", label="Temperature (0 = greedy)", initial=d["temperature"], min=0, max=1.5, step=0.1),
             Slider(id="top_k", label="Top-k (0 = off)", initial=d["top_k"], min=0, max=200, step=1),
             Slider(id="top_p", label="Top-p (1 = off)", initial=d["top_p"], min=0.05, max=1, step=0.05),
-            Slider(id="max_new_tokens", label="Max new tokens", initial=d["max_new_tokens"], min=16, max=512, step=16),
+            Slider(id="max_new_tokens", label="Max new tokens", initial=d["max_new_tokens"], min=16,
+                   max=MAX_NEW_TOKENS // 2, step=16),
         ]).send()
         cl.user_session.set("settings", settings)
 
@@ -86,58 +89,72 @@ async def on_settings_update(settings: dict):
 
 @cl.on_stop
 async def on_stop():
-    stop = cl.user_session.get("stop")
-    if stop is not None:
-        stop.set()
+    stream = cl.user_session.get("stream")
+    if stream is not None:
+        stream.cancel()  # Chainlit also cancels the handler's task; either way only this request stops
 
 
 @cl.on_message
 async def on_message(message: cl.Message):
-    mode = _mode()
     try:
-        model = await cl.make_async(models.get)(mode)
-    except router.ModelUnavailable as e:
-        await cl.Message(content=router.unavailable_reply(mode, e)).send()
-        return
-    try:
-        if mode == SPAM_MODE:
-            await _spam(model, message)
+        if _mode() == SPAM_MODE:
+            await _spam(message)
         else:
-            await _assistant(model, message)
-    except router.InputError as e:
+            await _assistant(message)
+    except chat.InputError as e:
         await cl.Message(content=f"⚠️ {e}").send()
+    except ModelUnavailable as e:
+        await cl.Message(content=chat.unavailable_reply(e)).send()
+    except EngineBusy as e:
+        await cl.Message(content=f"⏳ The server is at capacity right now: {e}").send()
 
 
-async def _spam(classifier, message: cl.Message):
+async def _spam(message: cl.Message):
     files = [e for e in (message.elements or []) if getattr(e, "path", None)]
     for f in files:
+        status = cl.Message(content=f"⏳ Reading **{f.name}**…")
+        await status.send()
+
+        async def progress(done, total, seconds_left, status=status, name=f.name):
+            status.content = chat.progress_text(name, done, total, seconds_left)
+            await status.update()
+
         try:
-            data = Path(f.path).read_bytes()
-            result = await cl.make_async(router.classify_upload)(classifier, f.name, data)
-        except router.InputError as e:
-            await cl.Message(content=f"⚠️ {e}").send()
+            result = await chat.classify_upload(runtime, f.name, Path(f.path).read_bytes(), progress)
+        except chat.InputError as e:
+            status.content = f"⚠️ {e}"
+            await status.update()
             continue
-        await cl.Message(content=result.summary, elements=[
-            cl.File(name=result.filename, content=result.csv_bytes, mime="text/csv", display="inline")]).send()
+        status.content = result.summary
+        status.elements = [cl.File(name=result.filename, content=result.csv_bytes, mime="text/csv", display="inline")]
+        await status.update()
     if message.content.strip() or not files:
-        reply = await cl.make_async(router.spam_reply)(classifier, message.content)
-        await cl.Message(content=reply).send()
+        await cl.Message(content=await chat.spam_reply(runtime, message.content)).send()
 
 
-async def _assistant(model, message: cl.Message):
+async def _assistant(message: cl.Message):
     if message.elements:
         await cl.Message(content="ℹ️ Files are classified in **Spam check** mode; the assistant reads only your text.").send()
-    router.check_instruction(message.content)  # InputError before the reply bubble opens
-    stop = threading.Event()
-    cl.user_session.set("stop", stop)
-    settings = router.generation_settings(cl.user_session.get("settings"))
+    settings = chat.generation_settings(cl.user_session.get("settings"))
     conversation = cl.user_session.get("conversation")
     if conversation is None:  # a message before on_chat_start finished
-        conversation = router.Conversation()
+        conversation = chat.Conversation()
         cl.user_session.set("conversation", conversation)
+    stream = await chat.open_answer(runtime, message.content, settings, conversation)
+    cl.user_session.set("stream", stream)
+    notice = None
+    if stream.ahead:
+        notice = cl.Message(content=chat.busy_notice(stream.ahead))
+        await notice.send()
     reply = cl.Message(content="")
-    async for piece in router.stream_answer(model, message.content, settings, conversation, stop):
+    async for piece in stream:
+        if notice is not None:
+            await notice.remove()
+            notice = None
         await reply.stream_token(piece)
+    if notice is not None:
+        await notice.remove()
+    conversation.add(message.content.strip(), reply.content)
     if not reply.content.strip():
         reply.content = "_(no answer: the model stopped before writing anything)_"
     await reply.send()
@@ -145,17 +162,11 @@ async def _assistant(model, message: cl.Message):
 
 # --------------------------------------------------------------------------- readiness for process managers
 async def ready(request):
-    """200 when both checkpoints exist (config.json present), else 503 naming what is missing.
+    """200 once both models are loaded, else 503 with each model's state and the command that creates it.
     Chainlit's own GET /health is the liveness check."""
-    from llm import instruct, spam
-
-    checks = {
-        "spam": spam.checkpoint_path(None) / "config.json",
-        "instruct": instruct.checkpoint_path(None) / "config.json",
-    }
-    status = {name: ("ok" if path.is_file() else f"missing {path.parent}") for name, path in checks.items()}
-    ok = all(v == "ok" for v in status.values())
-    return JSONResponse({"status": "ready" if ok else "not ready", "checkpoints": status}, status_code=200 if ok else 503)
+    health = runtime.health()
+    ok = health["status"] == "ok"
+    return JSONResponse({"status": "ready" if ok else "not ready", **health}, status_code=200 if ok else 503)
 
 
 # Chainlit's catch-all UI route would shadow a route appended now, so /ready goes first.

@@ -131,41 +131,67 @@ def _stop_holdback(text: str, stops: Sequence[str]) -> int:
     return best
 
 
+class TextStream:
+    """Token ids in, text pieces out, for one sequence: the rules every streaming path shares.
+
+    Pieces never split a UTF-8 character and never contain (part of) a stop string: text that
+    could still grow into one is held back. After a stop string appears, `stopped` is True and the
+    text ends before it.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stop_strings: Sequence[str] = ()):
+        self.decoder, self.stops = tokenizer.stream_decoder(), tuple(stop_strings)
+        self.text, self.emitted, self.stopped = "", 0, False
+
+    def push(self, token: int) -> str:
+        """The new text that is safe to show after `token` ("" if none yet)."""
+        self.text += self.decoder.push(token)
+        hits = [i for i in (self.text.find(stop, max(0, self.emitted - len(stop))) for stop in self.stops) if i >= 0]
+        if hits:
+            self.text, self.stopped = self.text[:min(hits)], True
+            return self._emit(len(self.text))
+        return self._emit(len(self.text) - _stop_holdback(self.text, self.stops))
+
+    def finish(self) -> str:
+        """The rest of the text once generation has ended (without a stop string)."""
+        self.text += self.decoder.flush()
+        return self._emit(len(self.text))
+
+    def _emit(self, upto: int) -> str:
+        piece = self.text[self.emitted:upto] if upto > self.emitted else ""
+        self.emitted = max(self.emitted, upto)
+        return piece
+
+
 def stream_text(model: GPT, tokenizer: Tokenizer, prompt: str | list[int], s: GenerationSettings,
                 should_stop: Callable[[], bool] | None = None, result: GenerationResult | None = None) -> Iterator[str]:
-    """Yield the continuation of `prompt` as text pieces as they decode.
+    """Yield the continuation of `prompt` as text pieces as they decode (see `TextStream`).
 
-    Pieces never split a UTF-8 character and never contain (part of) a stop string. Pass a
-    `GenerationResult` to have it filled with the final text, ids and the reason generation ended.
+    Pass a `GenerationResult` to have it filled with the final text, ids and the reason generation ended.
     """
     result = result if result is not None else GenerationResult("", [])
     ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
     ids, max_new, result.prompt_tokens_dropped = fit_prompt(ids, s.max_new_tokens, model.config.n_positions,
                                                              tokenizer.eot_id)
     settings = GenerationSettings(**{**s.__dict__, "max_new_tokens": max_new})
-    decoder = tokenizer.stream_decoder()
-    text, emitted = "", 0
+    stream = TextStream(tokenizer, s.stop_strings)
     result.stopped_by = "length"
     n = 0
     for n, token in enumerate(generate_ids(model, ids, settings, tokenizer.eot_id, should_stop), start=1):
         result.ids.append(token)
-        text += decoder.push(token)
-        hits = [i for i in (text.find(stop, max(0, emitted - len(stop))) for stop in s.stop_strings) if i >= 0]
-        if hits:
-            text = text[:min(hits)]
+        piece = stream.push(token)
+        if piece:
+            yield piece
+        if stream.stopped:
             result.stopped_by = "stop_string"
             break
-        safe = len(text) - _stop_holdback(text, s.stop_strings)
-        if safe > emitted:
-            yield text[emitted:safe]
-            emitted = safe
     else:
-        text += decoder.flush()
+        piece = stream.finish()
+        if piece:
+            yield piece
         if n < max_new:
             result.stopped_by = "cancelled" if should_stop is not None and should_stop() else "eot"
-    if len(text) > emitted:
-        yield text[emitted:]
-    result.text = text
+    result.text = stream.text
 
 
 def generate(model: GPT, tokenizer: Tokenizer, prompt: str | list[int], s: GenerationSettings) -> GenerationResult:

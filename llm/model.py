@@ -143,11 +143,21 @@ class GPT(nn.Module):
             else:
                 position_ids = torch.arange(past, total, device=idx.device).unsqueeze(0)
         mask, is_causal = self._attention_mask(attention_mask, past, T, idx.device)
+        x = self.transform(idx, position_ids, cache, mask, is_causal)
+        if cache is not None:
+            cache.pos = total
+        return x
+
+    def transform(self, idx, position_ids, cache, mask, is_causal: bool):
+        """Embeddings -> blocks -> final LayerNorm, with the caller's positions, cache and mask.
+
+        The one loop every path runs: `hidden_states` derives positions and mask from padding; the
+        serving engine (`llm.serving.engine`) passes its own slot cache and per-row positions/masks.
+        A cache only needs `update(layer, k, v) -> (keys, values)`.
+        """
         x = self.drop(self.wte(idx) + self.wpe(position_ids))
         for i, block in enumerate(self.h):
             x = block(x, i, cache, mask, is_causal)
-        if cache is not None:
-            cache.pos = total
         return self.ln_f(x)
 
     @staticmethod

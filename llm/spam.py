@@ -34,7 +34,7 @@ SEED = 123
 SPLIT_NAMES = ("train", "validation", "test")
 FRACTIONS = (0.7, 0.1, 0.2)
 TEXT_COLUMNS = ("text", "message", "sms", "body", "content", "v2")  # CSV columns read as the message, in this order
-TRAIN_HINT = "Create it with: python -m finetune.spam prepare && python -m finetune.spam train --out checkpoints/spam"
+CREATE_HINT = "Create it with: python -m finetune.spam prepare && python -m finetune.spam train --out checkpoints/spam"
 
 
 class SpamDataError(ValueError):
@@ -222,14 +222,14 @@ class SpamClassifier:
 
         path = checkpoint_path(checkpoint)
         if not path.is_dir():
-            raise CheckpointError(f"No spam classifier at {path}. {TRAIN_HINT}")
-        model, config = load_model(path, pick_device(device), precision, hint=TRAIN_HINT)
+            raise CheckpointError(f"No spam classifier at {path}. {CREATE_HINT}")
+        model, config = load_model(path, pick_device(device), precision, hint=CREATE_HINT)
         if not isinstance(model, GPTClassifier):
-            raise CheckpointError(f"{path} holds a language model, not a spam classifier. {TRAIN_HINT}")
+            raise CheckpointError(f"{path} holds a language model, not a spam classifier. {CREATE_HINT}")
         meta = config.get("metadata", {})
         labels = tuple(meta.get("labels", LABELS))
         if set(labels) != set(LABELS):
-            raise CheckpointError(f"{path} is a classifier for {labels}, not ham/spam. {TRAIN_HINT}")
+            raise CheckpointError(f"{path} is a classifier for {labels}, not ham/spam. {CREATE_HINT}")
         return cls(model, get_tokenizer(bpe_dir), int(meta.get("max_length", model.config.n_positions)), labels)
 
     @torch.no_grad()

@@ -54,3 +54,49 @@ def base_model_dir() -> Path:
     if not path or not Path(path).is_dir():
         pytest.skip("no base model: set LLM_TEST_BASE (CI points it at ../shared/models/gpt2-mini)")
     return Path(path)
+
+
+# ----------------------------------------------------------------------------- serving: stand-ins and runtimes
+class KeywordClassifier:
+    """Stands in for SpamClassifier's contract (classify(list[str]) -> [(label, p_spam)]), recording calls."""
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    def classify(self, texts):
+        self.calls.append(list(texts))
+        return [("spam", 0.973) if "prize" in t.lower() else ("ham", 0.012) for t in texts]
+
+
+def tiny_instruction_model(tokenizer, n_positions: int = 256):
+    """A real InstructionModel around a tiny random GPT-2 (answers are random tokens, the path is real)."""
+    from llm.instruct import InstructionModel
+
+    torch.manual_seed(0)
+    return InstructionModel(GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, n_positions=n_positions)).eval(), tokenizer)
+
+
+@pytest.fixture
+def make_runtime(tokenizer):
+    """make_runtime(spam=loader, instruct=loader, **engine limits) -> a started Runtime, closed after the test."""
+    from llm.serving.limits import EngineLimits
+    from llm.serving.registry import INSTRUCT_MODEL_ID, SPAM_MODEL_ID, ModelSpec
+    from llm.serving.runtime import Runtime
+
+    made = []
+
+    def make(spam=KeywordClassifier, instruct=None, **limits):
+        specs = [ModelSpec(SPAM_MODEL_ID, "spam classifier", lambda: Path("checkpoints/spam"),
+                           "Create it with: python -m finetune.spam train", spam),
+                 ModelSpec(INSTRUCT_MODEL_ID, "assistant", lambda: Path("checkpoints/instruct"),
+                           "Create it with: python -m finetune.instruct train",
+                           instruct or (lambda: tiny_instruction_model(tokenizer)))]
+        runtime = Runtime(specs, EngineLimits(**limits))
+        made.append(runtime)
+        for model_id in (SPAM_MODEL_ID, INSTRUCT_MODEL_ID):
+            runtime.registry.load(model_id)  # wait for the background load: tests start from a loaded server
+        return runtime
+
+    yield make
+    for runtime in made:
+        runtime.close()

@@ -1,4 +1,4 @@
-"""The HTTP API (llm/api.py): every route and bad-input case through FastAPI's TestClient, the
+"""The HTTP API (llm/serving/http): every route and bad-input case through FastAPI's TestClient, the
 official `openai` client against a live uvicorn on loopback, and a client that disconnects mid-stream.
 
 Models are tiny random checkpoints made here, loaded through the real `SpamClassifier.load` /
@@ -17,9 +17,14 @@ import torch
 from llm.checkpoint import save_checkpoint
 from llm.config import GPTConfig
 from llm.model import GPT, GPTClassifier
+from llm.serving.limits import EngineLimits
 
 fastapi_testclient = pytest.importorskip("fastapi.testclient")
-from llm import api  # noqa: E402
+from llm.serving.http import app as api  # noqa: E402
+from llm.serving.http import schemas  # noqa: E402
+from llm.serving.limits import MAX_TEXT_CHARS  # noqa: E402
+from llm.serving.registry import INSTRUCT_MODEL_ID, SPAM_MODEL_ID, ModelSpec  # noqa: E402
+from llm.serving.runtime import Runtime  # noqa: E402
 
 TINY = GPTConfig(n_layer=2, n_head=2, n_embd=32, n_positions=128)
 LONG_CONTEXT = GPTConfig(n_layer=2, n_head=2, n_embd=32, n_positions=1024)  # room for a long stream to cut
@@ -51,29 +56,32 @@ def instruct_loader(path):
     return lambda: InstructionModel.load(path, device="cpu")
 
 
+def runtime_of(spam, instruct, **limits) -> Runtime:
+    """A runtime over these loaders, its models loaded (as on a server that has finished starting)."""
+    from llm import instruct as instruct_lib, spam as spam_lib
+    runtime = Runtime([ModelSpec(SPAM_MODEL_ID, "spam classifier", lambda: spam_lib.checkpoint_path(None),
+                                 spam_lib.CREATE_HINT, spam),
+                       ModelSpec(INSTRUCT_MODEL_ID, "assistant", lambda: instruct_lib.checkpoint_path(None),
+                                 instruct_lib.CREATE_HINT, instruct)], EngineLimits(**limits))
+    runtime.registry.load(SPAM_MODEL_ID), runtime.registry.load(INSTRUCT_MODEL_ID)
+    return runtime
+
+
 @pytest.fixture(scope="module")
 def client(spam_ckpt, instruct_ckpt):
-    app = api.create_app(spam_loader(spam_ckpt), instruct_loader(instruct_ckpt), api_key="")
-    with fastapi_testclient.TestClient(app) as c:
+    runtime = runtime_of(spam_loader(spam_ckpt), instruct_loader(instruct_ckpt))
+    with fastapi_testclient.TestClient(api.create_app(runtime, api_key="")) as c:
         yield c
+    runtime.close()
 
 
 @pytest.fixture(scope="module")
 def spam_client(spam_ckpt, tmp_path_factory):
     """Spam model only: the instruct checkpoint is missing (also covers the 503 path)."""
-    missing = tmp_path_factory.mktemp("nothing") / "instruct"
-    app = api.create_app(spam_loader(spam_ckpt), lambda: _load_missing_instruct(missing), api_key="")
-    with fastapi_testclient.TestClient(app) as c:
+    runtime = runtime_of(spam_loader(spam_ckpt), instruct_loader(tmp_path_factory.mktemp("nothing") / "instruct"))
+    with fastapi_testclient.TestClient(api.create_app(runtime, api_key="")) as c:
         yield c
-
-
-def _load_missing_instruct(path):
-    from llm.checkpoint import CheckpointError
-    try:
-        from llm.instruct import InstructionModel
-    except ImportError:
-        raise CheckpointError(f"No instruction model at {path}. Create it with: python -m finetune.instruct")
-    return InstructionModel.load(path, device="cpu")
+    runtime.close()
 
 
 def assert_error(r, status_range=(400, 499), contains: str | None = None):
@@ -88,30 +96,30 @@ def assert_error(r, status_range=(400, 499), contains: str | None = None):
 
 # ----------------------------------------------------------------------------- schema mapping
 def test_messages_to_instruction_and_history():
-    m = [api.ChatMessage(role=r, content=c) for r, c in [
+    m = [schemas.ChatMessage(role=r, content=c) for r, c in [
         ("system", "Be terse."), ("user", "Q1"), ("assistant", "A1"), ("assistant", "orphan"),
         ("user", "Q2a"), ("user", "Q2b"), ("assistant", "A2"), ("user", "Q3")]]
-    instruction, history = api.to_instruction(m)
+    instruction, history = schemas.to_instruction(m)
     assert instruction == "Q3"
     assert history == [("Q1", "A1"), ("Q2a\nQ2b", "A2")]
-    parts = api.ChatMessage(role="user", content=[{"type": "text", "text": "a"}, {"type": "text", "text": "b"}])
-    assert api.to_instruction([api.ChatMessage(role="user", content="x"), parts]) == ("x\nab", [])
+    parts = schemas.ChatMessage(role="user", content=[{"type": "text", "text": "a"}, {"type": "text", "text": "b"}])
+    assert schemas.to_instruction([schemas.ChatMessage(role="user", content="x"), parts]) == ("x\nab", [])
 
 
 # ----------------------------------------------------------------------------- routes
 def test_health_and_models(client):
     h = client.get("/health").json()
     assert h["status"] == "ok"
-    assert h["models"][api.SPAM_MODEL_ID]["ready"] and h["models"][api.INSTRUCT_MODEL_ID]["ready"]
+    assert h["models"][SPAM_MODEL_ID]["ready"] and h["models"][INSTRUCT_MODEL_ID]["ready"]
     models = client.get("/v1/models").json()
     assert models["object"] == "list"
-    assert {m["id"] for m in models["data"]} == {api.SPAM_MODEL_ID, api.INSTRUCT_MODEL_ID}
+    assert {m["id"] for m in models["data"]} == {SPAM_MODEL_ID, INSTRUCT_MODEL_ID}
     assert all(m["object"] == "model" and m["ready"] for m in models["data"])
 
 
 def test_classify_matches_the_library(spam_client, spam_ckpt):
     from llm.spam import SPAM_THRESHOLD, SpamClassifier
-    texts = ["WINNER!! Claim your prize now", "See you at 7?", "ok", "x" * api.MAX_TEXT_CHARS]
+    texts = ["WINNER!! Claim your prize now", "See you at 7?", "ok", "x" * MAX_TEXT_CHARS]
     r = spam_client.post("/v1/classify", json={"texts": texts})
     assert r.status_code == 200, r.text
     data = r.json()["data"]
@@ -168,7 +176,7 @@ def test_classify_bad_input_is_a_4xx_with_a_message(spam_client, case):
 
 
 def test_classify_limit_messages_say_what_to_do(spam_client):
-    assert_error(spam_client.post("/v1/classify", json={"texts": ["a"] * 10_000}), (400, 400), "at most 256")
+    assert_error(spam_client.post("/v1/classify", json={"texts": ["a"] * 10_000}), (400, 400), "at most 500")
     assert_error(spam_client.post("/v1/classify", json={"texts": ["a" * 1_000_000]}), (400, 400), "at most 10,000")
     assert_error(spam_client.post("/v1/classify", content=b"{", headers={"content-type": "application/json"}),
                  (400, 400), "JSON")
@@ -212,28 +220,31 @@ def test_chat_bad_input_is_a_4xx_with_a_message(spam_client, case):
 def test_missing_checkpoint_means_not_ready_and_503_naming_the_command(spam_client, tmp_path):
     h = spam_client.get("/health").json()
     assert h["status"] == "degraded"
-    assert h["models"][api.SPAM_MODEL_ID]["ready"]
-    instruct = h["models"][api.INSTRUCT_MODEL_ID]
+    assert h["models"][SPAM_MODEL_ID]["ready"]
+    instruct = h["models"][INSTRUCT_MODEL_ID]
     assert not instruct["ready"] and "finetune.instruct" in instruct["error"]
     err = assert_error(spam_client.post("/v1/chat/completions", json={"messages": USER}), (503, 503), "finetune.instruct")
     assert err["code"] == "model_not_ready"
+    assert spam_client.get("/ready").status_code == 503
     # and the spam side: a server started with no spam checkpoint at all
-    app = api.create_app(spam_loader(tmp_path / "no-spam"), lambda: None)
-    with fastapi_testclient.TestClient(app) as c:
-        assert not c.get("/health").json()["models"][api.SPAM_MODEL_ID]["ready"]
+    runtime = runtime_of(spam_loader(tmp_path / "no-spam"), lambda: None)
+    with fastapi_testclient.TestClient(api.create_app(runtime)) as c:
+        assert not c.get("/health").json()["models"][SPAM_MODEL_ID]["ready"]
         assert_error(c.post("/v1/classify", json={"texts": ["hi"]}), (503, 503), "finetune.spam")
         assert_error(c.post("/v1/classify", json={"texts": []}), (400, 400))  # bad input is still a 4xx
+    runtime.close()
 
 
 def test_api_key(spam_ckpt):
-    app = api.create_app(spam_loader(spam_ckpt), lambda: None, api_key="s3cret")
-    with fastapi_testclient.TestClient(app) as c:
+    runtime = runtime_of(spam_loader(spam_ckpt), lambda: None)
+    with fastapi_testclient.TestClient(api.create_app(runtime, api_key="s3cret")) as c:
         assert c.get("/health").status_code == 200  # probes need no key
         assert_error(c.get("/v1/models"), (401, 401), "API key")
         assert_error(c.post("/v1/classify", json={"texts": ["hi"]}, headers={"Authorization": "Bearer nope"}), (401, 401))
         assert c.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         r = c.post("/v1/classify", json={"texts": ["hi"]}, headers={"X-API-Key": "s3cret"})
         assert r.status_code == 200 and r.json()["data"][0]["label"] in ("spam", "ham")
+    runtime.close()
 
 
 # ----------------------------------------------------------------------------- chat completions
@@ -318,42 +329,23 @@ class LiveServer:
         self.sock.close()
 
 
-class Recording:
-    """The real instruction model, noting how each generation ended (instrumentation, not a stand-in)."""
-
-    def __init__(self, model):
-        self.model, self.ends = model, []
-
-    def __getattr__(self, name):  # prompt_ids, tokenizer, ...
-        return getattr(self.model, name)
-
-    def stream(self, *args, should_stop=None, **kw):
-        n = 0
-        try:
-            for piece in self.model.stream(*args, should_stop=should_stop, **kw):
-                n += 1
-                yield piece
-        finally:  # also when the worker closes the generator early
-            self.ends.append({"pieces": n, "stopped": bool(should_stop and should_stop())})
-
-
 @pytest.fixture(scope="module")
 def live(spam_ckpt, instruct_ckpt):
-    from llm.instruct import InstructionModel
-    recorder = Recording(InstructionModel.load(instruct_ckpt, device="cpu"))
-    app = api.create_app(spam_loader(spam_ckpt), lambda: recorder, api_key="k3y", max_generations=1)
+    runtime = runtime_of(spam_loader(spam_ckpt), instruct_loader(instruct_ckpt), max_running=1)
+    app = api.create_app(runtime, api_key="k3y")
     with LiveServer(app) as url:
-        yield url, app, recorder
+        yield url, app, runtime
+    runtime.close()
 
 
 def test_openai_client_plain_and_streaming(live):
     openai = pytest.importorskip("openai")
     url, _, _ = live
     client = openai.OpenAI(base_url=url + "/v1", api_key="k3y", max_retries=0, timeout=60)
-    assert {m.id for m in client.models.list()} == {api.SPAM_MODEL_ID, api.INSTRUCT_MODEL_ID}
-    done = client.chat.completions.create(model=api.INSTRUCT_MODEL_ID, messages=USER, max_tokens=10)
+    assert {m.id for m in client.models.list()} == {SPAM_MODEL_ID, INSTRUCT_MODEL_ID}
+    done = client.chat.completions.create(model=INSTRUCT_MODEL_ID, messages=USER, max_tokens=10)
     assert done.choices[0].message.role == "assistant" and done.choices[0].finish_reason in ("stop", "length")
-    stream = client.chat.completions.create(model=api.INSTRUCT_MODEL_ID, messages=USER, max_tokens=10, stream=True)
+    stream = client.chat.completions.create(model=INSTRUCT_MODEL_ID, messages=USER, max_tokens=10, stream=True)
     pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
     assert "".join(pieces).strip() == done.choices[0].message.content
     with pytest.raises(openai.BadRequestError):  # 400, as OpenAI answers invalid parameters
@@ -364,11 +356,10 @@ def test_openai_client_plain_and_streaming(live):
 
 def test_client_disconnect_mid_stream_frees_the_slot(live):
     import httpx
-    url, app, recorder = live
-    pool = app.state.pool
+    url, app, runtime = live
     headers = {"Authorization": "Bearer k3y"}
     req = {"messages": USER, "max_tokens": 1000, "stream": True}
-    before = len(recorder.ends)
+    steps_before = runtime.engine.steps
     with httpx.Client(timeout=30) as c:
         with c.stream("POST", url + "/v1/chat/completions", json=req, headers=headers) as r:
             assert r.status_code == 200
@@ -377,16 +368,31 @@ def test_client_disconnect_mid_stream_frees_the_slot(live):
             assert len(got) >= 3
         # leaving the block closes the connection mid-stream
     deadline = time.monotonic() + 20
-    while (len(recorder.ends) == before or pool.running) and time.monotonic() < deadline:
+    while runtime.engine.stats()["running"] and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert pool.running == 0 and pool.waiting == 0, "the slot was not given back"
-    end = recorder.ends[-1]
-    assert end["stopped"] and end["pieces"] < 1000, end  # the worker was told to stop, it did not run to the end
+    assert runtime.engine.stats()["running"] == 0, "the slot was not given back"
+    assert runtime.engine.steps - steps_before < 900  # the request was cancelled, it did not run to the end
     with httpx.Client(timeout=30) as c:  # and the server keeps serving, with the one slot free
         r = c.post(url + "/v1/chat/completions", json={"messages": USER, "max_tokens": 4}, headers=headers)
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["role"] == "assistant"
-        # the slot is given back when the worker thread ends, which can be just after the reply is sent
-        deadline = time.monotonic() + 10
-        while c.get(url + "/health").json()["generations"]["running"] and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert c.get(url + "/health").json()["generations"]["running"] == 0
+        engine = c.get(url + "/health").json()["engine"]
+        assert engine["running"] == 0 and engine["waiting"] == 0
+
+
+def test_a_full_queue_is_a_429_with_retry_after(spam_ckpt, instruct_ckpt):
+    runtime = runtime_of(spam_loader(spam_ckpt), instruct_loader(instruct_ckpt), max_running=1, max_waiting=1)
+    with fastapi_testclient.TestClient(api.create_app(runtime)) as c:
+        from llm.generate import GenerationSettings
+        lm = runtime.registry.loaded(INSTRUCT_MODEL_ID)
+        hold = threading.Event()
+        blocker = runtime.engine.submit(lm, [1, 2, 3], GenerationSettings(max_new_tokens=500),
+                                        lambda k, v: hold.wait(5) if k == "text" else None)
+        while not runtime.engine.stats()["running"]:
+            time.sleep(0.001)
+        queued = runtime.engine.submit(lm, [1, 2], GenerationSettings(max_new_tokens=1), lambda k, v: None)
+        r = c.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 4})
+        err = assert_error(r, (429, 429), "busy")
+        assert r.headers["retry-after"] == "1" and err["code"] == "busy"
+        runtime.engine.cancel(blocker), runtime.engine.cancel(queued)
+        hold.set()
+    runtime.close()

@@ -26,8 +26,8 @@ from chainlit.emitter import BaseChainlitEmitter  # noqa: E402
 from chainlit.session import WebsocketSession  # noqa: E402
 
 import app  # noqa: E402
-from llm import router  # noqa: E402
-from test_router import KeywordClassifier, WordModel  # noqa: E402
+from conftest import KeywordClassifier  # noqa: E402
+from llm.serving import chat  # noqa: E402
 
 pytestmark = pytest.mark.anyio
 
@@ -38,11 +38,11 @@ def anyio_backend():
 
 
 @pytest.fixture
-def models(monkeypatch):
-    """Swap the app's process-wide model cache for one with stand-in models (no checkpoints needed)."""
-    cache = router.ModelCache(spam_loader=KeywordClassifier, instruct_loader=WordModel)
-    monkeypatch.setattr(app, "models", cache)
-    return cache
+def models(monkeypatch, make_runtime):
+    """Swap the app's process-wide runtime for one with stand-in verdicts and a tiny random assistant."""
+    runtime = make_runtime()
+    monkeypatch.setattr(app, "runtime", runtime)
+    return runtime
 
 
 @contextmanager
@@ -86,7 +86,7 @@ async def test_assistant_start_sends_settings_panel(models):
     with chainlit_context("Assistant") as em:
         await app.on_chat_start()
         ids = [w["id"] for w in em.emit.await_args.args[1]]
-        assert em.set_chat_settings.call_args.args[0] == router.DEFAULT_SETTINGS
+        assert em.set_chat_settings.call_args.args[0] == chat.DEFAULT_SETTINGS
         assert ids == ["temperature", "top_k", "top_p", "max_new_tokens"]
         assert sent_texts(em) == []  # model available: no warning, starters stay visible
 
@@ -108,46 +108,66 @@ async def test_assistant_streams_tokens_and_carries_history(models):
     sid = f"test-{uuid4()}"
     with chainlit_context("Assistant", sid) as em:
         await app.on_chat_start()
+        await app.on_settings_update({**chat.DEFAULT_SETTINGS, "max_new_tokens": 16})
         await user_says("Say hello")
-        assert em.stream_start.await_args.args[0]["output"] == "Hello"  # the first token opens the stream
-        assert [c.kwargs["token"] for c in em.send_token.await_args_list] == [" there", " friend"]
-        assert em.send_step.await_args.args[0]["output"] == "Hello there friend"
+        first = em.stream_start.await_args.args[0]["output"]  # the first piece opens the stream
+        rest = [c.kwargs["token"] for c in em.send_token.await_args_list]
+        answer = em.send_step.await_args.args[0]["output"]
+        assert rest and answer == first + "".join(rest)
+        conversation = app.cl.user_session.get("conversation")
+        assert conversation.history() == [("Say hello", answer)]
         await user_says("Again")
-    model = models.get("Assistant")
-    assert model.calls[1]["history"] == [("Say hello", "Hello there friend")]
+        assert conversation.history()[0][0] == "Again"
 
 
-async def test_assistant_uses_chat_settings(models):
+async def test_assistant_uses_chat_settings(models, monkeypatch):
+    seen = []
+    real = chat.open_answer
+
+    async def spy(runtime, text, settings, conversation):
+        seen.append(settings)
+        return await real(runtime, text, settings, conversation)
+
+    monkeypatch.setattr(chat, "open_answer", spy)
     with chainlit_context("Assistant"):
         await app.on_chat_start()
         await app.on_settings_update({"temperature": 0.8, "top_k": 20, "top_p": 0.9, "max_new_tokens": 32})
         await user_says("hi")
-    s = models.get("Assistant").calls[-1]["settings"]
+    s = seen[-1]
     assert (s.temperature, s.top_k, s.top_p, s.max_new_tokens) == (0.8, 20, 0.9, 32)
 
 
-async def test_stop_button_stops_generation(monkeypatch):
-    produced = []
-
-    class Endless:
-        def stream(self, instruction, input="", settings=None, history=None, should_stop=None):
-            while not should_stop():
-                produced.append(1)
-                time.sleep(0.005)
-                yield "x"
-
-    monkeypatch.setattr(app, "models", router.ModelCache(spam_loader=KeywordClassifier, instruct_loader=Endless))
+async def test_stop_button_stops_generation(models):
     with chainlit_context("Assistant") as em:
-        task = asyncio.create_task(user_says("go on forever"))
-        while not produced and not task.done():
-            await asyncio.sleep(0.01)
+        await app.on_settings_update({**chat.DEFAULT_SETTINGS, "max_new_tokens": 200})
+        task = asyncio.create_task(user_says("go on for a long time"))
+        while not em.send_token.await_count and not task.done():
+            await asyncio.sleep(0.001)
         assert not task.done(), task.exception()
         await app.on_stop()  # what Chainlit calls when the user presses Stop
         await asyncio.wait_for(task, 5)
-        n = len(produced)
-        await asyncio.sleep(0.05)
-        assert len(produced) == n  # the worker thread really stopped
-        assert em.send_step.await_args.args[0]["output"].startswith("x")
+        stream = app.cl.user_session.get("stream")
+        assert stream.result.stopped_by == "cancelled" and len(stream.result.ids) < 200
+        assert models.engine.stats()["running"] == 0  # the slot was given back
+
+
+async def test_busy_users_are_told_how_many_are_ahead(make_runtime, monkeypatch):
+    runtime = make_runtime(max_running=1)
+    monkeypatch.setattr(app, "runtime", runtime)
+    with chainlit_context("Assistant") as em1:
+        await app.on_settings_update({**chat.DEFAULT_SETTINGS, "max_new_tokens": 200})
+        first = asyncio.create_task(user_says("a long answer please"))
+        while not runtime.engine.stats()["running"]:
+            await asyncio.sleep(0.001)
+    with chainlit_context("Assistant") as em2:
+        await app.on_settings_update({**chat.DEFAULT_SETTINGS, "max_new_tokens": 4})
+        await user_says("and me?")
+    texts = sent_texts(em2)
+    assert "1 request ahead of you" in texts[0]
+    assert em2.delete_step.await_count == 1  # the notice goes once the answer starts
+    assert texts[-1]  # and the answer came
+    await asyncio.wait_for(first, 10)
+    assert sent_texts(em1)[-1]
 
 
 @pytest.mark.parametrize("profile", ["Spam check", "Assistant"])
@@ -199,13 +219,13 @@ async def test_bad_upload_gets_a_clear_reply(models, tmp_path, name, data, expec
     assert texts[-1] == "🔴 **Spam — 97.3%** spam probability"
 
 
-async def test_missing_checkpoint_tells_the_command_and_keeps_running(monkeypatch):
+async def test_missing_checkpoint_tells_the_command_and_keeps_running(monkeypatch, make_runtime):
     from llm.checkpoint import CheckpointError
 
     def missing():
-        raise CheckpointError("Checkpoint directory checkpoints/spam does not exist. Create it with: python -m finetune.spam")
+        raise CheckpointError("No spam classifier at checkpoints/spam. Create it with: python -m finetune.spam train")
 
-    monkeypatch.setattr(app, "models", router.ModelCache(spam_loader=missing, instruct_loader=WordModel))
+    monkeypatch.setattr(app, "runtime", make_runtime(spam=missing))
     with chainlit_context("Spam check") as em:
         await app.on_chat_start()
         await user_says("hello")
@@ -213,10 +233,35 @@ async def test_missing_checkpoint_tells_the_command_and_keeps_running(monkeypatc
     assert len(texts) == 2 and all("python -m finetune.spam" in t for t in texts)
     with chainlit_context("Assistant") as em:
         await user_says("hi")
-    assert sent_texts(em)[-1] == "Hello there friend"
+    assert sent_texts(em)[-1]  # the assistant still answers
 
 
-async def test_ready_route():
+async def test_a_chat_opened_while_the_model_loads_says_so_and_answers_later(monkeypatch, make_runtime):
+    import threading
+
+    release = threading.Event()
+
+    def slow_spam():
+        release.wait(10)
+        return KeywordClassifier()
+
+    runtime = make_runtime()
+    runtime.registry._slots["gpt2-spam"].model = None  # as on a fresh server: the spam model is still loading
+    runtime.registry._slots["gpt2-spam"].spec.loader = slow_spam
+    runtime.registry.start()
+    monkeypatch.setattr(app, "runtime", runtime)
+    with chainlit_context("Spam check") as em:
+        await asyncio.wait_for(app.on_chat_start(), 2)  # returns at once: the input is never blocked
+        assert "still loading" in sent_texts(em)[0]
+        asked = asyncio.create_task(user_says("claim your prize"))
+        await asyncio.sleep(0.05)
+        assert not asked.done()  # the message waits for the model...
+        release.set()
+        await asyncio.wait_for(asked, 10)
+    assert sent_texts(em)[-1] == "🔴 **Spam — 97.3%** spam probability"  # ...and is answered once it is there
+
+
+async def test_ready_route(models):
     from starlette.testclient import TestClient
 
     from chainlit.server import app as fastapi_app
@@ -224,5 +269,9 @@ async def test_ready_route():
     client = TestClient(fastapi_app)
     r = client.get("/ready")
     assert r.headers["content-type"] == "application/json"
-    assert r.status_code in (200, 503) and set(r.json()["checkpoints"]) == {"spam", "instruct"}
+    assert r.status_code == 200 and set(r.json()["models"]) == {"gpt2-spam", "gpt2-instruct"}
+    assert r.json()["engine"]["max_running"] >= 1
+    models.registry._slots["gpt2-spam"].model = None  # a model that is not loaded: not ready
+    r = client.get("/ready")
+    assert r.status_code == 503 and not r.json()["models"]["gpt2-spam"]["ready"]
     assert client.get("/health").json() == {"status": "ok"}

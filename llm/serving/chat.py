@@ -1,40 +1,37 @@
-"""The app's mode router: plain Python, no Chainlit, so every rule here is unit-tested.
+"""The chat rules of the app: plain Python, no Chainlit, so every rule here is unit-tested.
 
-Two modes share the GPT-2 backbone:
-  "Spam check" -> `llm.spam.SpamClassifier`: one verdict per pasted line, or a labelled CSV for a file.
-  "Assistant"  -> `llm.instruct.InstructionModel`: streamed answers, the previous exchange as history.
+Two modes share the serving runtime (`llm.serving.runtime`):
+  "Spam check" -> one verdict per pasted line, or a labelled CSV for a file (with progress)
+  "Assistant"  -> streamed answers from the batched engine, the previous exchange as history
 
-`app.py` only wires these functions to Chainlit's handlers.
+`app.py` only wires these functions to Chainlit's handlers. Limits live in `llm.serving.limits`.
 """
 from __future__ import annotations
 
-import asyncio
 import csv
 import hmac
 import io
 import os
-import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Awaitable, Callable
 
 from llm.generate import GenerationSettings
+from llm.serving.limits import (DEFAULT_MAX_NEW_TOKENS, FILE_MAX_BYTES, FILE_MAX_ROWS, HISTORY_EXCHANGES,
+                                MAX_MESSAGE_CHARS, MAX_TEXTS, PASTE_MAX_CHARS)
+from llm.serving.registry import INSTRUCT_MODEL_ID, SPAM_MODEL_ID
 from llm.spam import SpamDataError, read_csv_messages
 
 SPAM_MODE = "Spam check"
 ASSISTANT_MODE = "Assistant"
 MODES = (SPAM_MODE, ASSISTANT_MODE)
 
-SPAM_MAX_CHARS = 20_000  # one paste in Spam check (many lines); longer: upload a file
-SPAM_MAX_LINES = 500  # messages classified from one paste
-ASSISTANT_MAX_CHARS = 4_000  # about 1,000 tokens: more would not fit GPT-2's 1,024-token context
-FILE_MAX_ROWS = 20_000
-FILE_MAX_BYTES = 5 * 1024 * 1024  # also the upload limit in .chainlit/config.toml
-HISTORY_EXCHANGES = 1  # earlier (question, answer) pairs carried into the next prompt
-BATCH = 32  # rows per classify() call for files
+UPLOAD_CHUNK = 64  # rows per classify call for files: progress after each, other users' work between them
 
 # Sampling defaults and slider ranges of the Assistant's settings panel.
-DEFAULT_SETTINGS = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": 256}
+DEFAULT_SETTINGS = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS}
+MODEL_OF_MODE = {SPAM_MODE: SPAM_MODEL_ID, ASSISTANT_MODE: INSTRUCT_MODEL_ID}
 
 
 class InputError(ValueError):
@@ -46,42 +43,18 @@ def mode_for(profile: str | None) -> str:
     return profile if profile in MODES else SPAM_MODE
 
 
-# --------------------------------------------------------------------------- models, loaded once
-class ModelUnavailable(RuntimeError):
-    """A checkpoint could not be loaded; the message says which command creates it."""
+def unavailable_reply(error: Exception) -> str:
+    return f"⚠️ **Model not available.**\n\n{error}\n\nThe app keeps running; send your message again once it exists."
 
 
-class ModelCache:
-    """Loads each model once per process, on first use, thread-safely; failures are not cached,
-    so a checkpoint trained while the app runs is picked up by the next message."""
-
-    def __init__(self, spam_loader: Callable[[], Any] | None = None, instruct_loader: Callable[[], Any] | None = None):
-        self._loaders = {SPAM_MODE: spam_loader or _load_spam, ASSISTANT_MODE: instruct_loader or _load_instruct}
-        self._models: dict[str, Any] = {}
-        self._lock = threading.Lock()
-
-    def get(self, mode: str):
-        with self._lock:
-            if mode not in self._models:
-                try:
-                    self._models[mode] = self._loaders[mode]()
-                except Exception as e:  # CheckpointError, TokenizerError, OSError...: tell the user, keep running
-                    raise ModelUnavailable(str(e)) from e
-            return self._models[mode]
+def loading_notice(mode: str) -> str:
+    return (f"⏳ The {mode} model is still loading (it loads once, when the server starts). "
+            "Type your message now: it is answered as soon as the model is ready.")
 
 
-def _load_spam():
-    from llm.spam import SpamClassifier  # reads $LLM_SPAM_CHECKPOINT, $LLM_DEVICE, $LLM_PRECISION
-    return SpamClassifier.load()
-
-
-def _load_instruct():
-    from llm.instruct import InstructionModel  # reads $LLM_INSTRUCT_CHECKPOINT, $LLM_DEVICE, $LLM_PRECISION
-    return InstructionModel.load()
-
-
-def unavailable_reply(mode: str, error: Exception) -> str:
-    return f"⚠️ **The {mode} model is not available.**\n\n{error}\n\nThe app keeps running; try again once it exists."
+def busy_notice(ahead: int) -> str:
+    return (f"⏳ Busy: {ahead} request{'s' if ahead != 1 else ''} ahead of you. "
+            "Your answer starts here when its turn comes.")
 
 
 # --------------------------------------------------------------------------- spam check
@@ -100,12 +73,12 @@ def check_spam_text(text: str) -> list[str]:
     """The messages of one paste, or InputError saying what is wrong."""
     if not text or not text.strip():
         raise InputError("Paste an SMS message to check (one message per line for several), or attach a CSV/TXT file.")
-    if len(text) > SPAM_MAX_CHARS:
-        raise InputError(f"That paste has {len(text):,} characters; one paste may have at most {SPAM_MAX_CHARS:,}. "
+    if len(text) > PASTE_MAX_CHARS:
+        raise InputError(f"That paste has {len(text):,} characters; one paste may have at most {PASTE_MAX_CHARS:,}. "
                          "Upload a CSV or TXT file instead (one message per line).")
     messages = split_messages(text)
-    if len(messages) > SPAM_MAX_LINES:
-        raise InputError(f"That paste has {len(messages):,} lines; at most {SPAM_MAX_LINES:,} are classified at once. "
+    if len(messages) > MAX_TEXTS:
+        raise InputError(f"That paste has {len(messages):,} lines; at most {MAX_TEXTS:,} are classified at once. "
                          "Upload a CSV or TXT file for more.")
     return messages
 
@@ -115,10 +88,10 @@ def _short(text: str, n: int = 60) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def spam_reply(classifier, text: str) -> str:
+async def spam_reply(runtime, text: str) -> str:
     """The reply to a paste: one verdict, or a table when several lines are classified together."""
     messages = check_spam_text(text)
-    results = classifier.classify(messages)
+    results = await runtime.classify(messages)
     if len(messages) == 1:
         return format_verdict(*results[0])
     n_spam = sum(label == "spam" for label, _ in results)
@@ -174,16 +147,24 @@ def read_upload(name: str, data: bytes) -> tuple[list[str], list[dict[str, str]]
     return messages, rows, columns
 
 
-def classify_upload(classifier, name: str, data: bytes, progress: Callable[[int, int], None] | None = None) -> FileResult:
-    """Classify every row of a CSV/TXT upload; returns a CSV with `label` and `spam_probability` added."""
+Progress = Callable[[int, int, float], Awaitable[None]]  # (rows done, rows in all, seconds left)
+
+
+async def classify_upload(runtime, name: str, data: bytes, progress: Progress | None = None) -> FileResult:
+    """Classify every row of a CSV/TXT upload; returns a CSV with `label` and `spam_probability` added.
+
+    Rows go to the engine UPLOAD_CHUNK at a time, so other users' requests run in between and
+    `progress` is told after each chunk. Cancelling the calling task (Stop) ends it there."""
     messages, rows, columns = read_upload(name, data)
     todo = [i for i, m in enumerate(messages) if m]
     verdicts: dict[int, tuple[str, float]] = {}
-    for start in range(0, len(todo), BATCH):
-        chunk = todo[start:start + BATCH]
-        verdicts.update(zip(chunk, classifier.classify([messages[i] for i in chunk])))
+    start = time.monotonic()
+    for first in range(0, len(todo), UPLOAD_CHUNK):
+        chunk = todo[first:first + UPLOAD_CHUNK]
+        verdicts.update(zip(chunk, await runtime.classify([messages[i] for i in chunk])))
         if progress:
-            progress(min(start + BATCH, len(todo)), len(todo))
+            done = len(verdicts)
+            await progress(done, len(todo), (time.monotonic() - start) / done * (len(todo) - done))
     out = io.StringIO()
     fieldnames = (columns or ["text"]) + ["label", "spam_probability"]
     writer = csv.DictWriter(out, fieldnames=fieldnames, lineterminator="\n")
@@ -204,9 +185,9 @@ def classify_upload(classifier, name: str, data: bytes, progress: Callable[[int,
 def check_instruction(text: str) -> str:
     if not text or not text.strip():
         raise InputError("Type an instruction or a question, e.g. “Rewrite this sentence in passive voice: …”.")
-    if len(text) > ASSISTANT_MAX_CHARS:
+    if len(text) > MAX_MESSAGE_CHARS:
         raise InputError(f"That message has {len(text):,} characters; the assistant reads at most "
-                         f"{ASSISTANT_MAX_CHARS:,} (its context window is 1,024 tokens). Shorten it and send it again.")
+                         f"{MAX_MESSAGE_CHARS:,} (its context window is 1,024 tokens). Shorten it and send it again.")
     return text.strip()
 
 
@@ -234,60 +215,16 @@ class Conversation:
             self.exchanges = (self.exchanges + [(instruction, response)])[-max(self.keep, 1):]
 
 
-async def iterate_in_thread(make_iterator: Callable[[], Iterator[str]], stop: threading.Event) -> AsyncIterator[str]:
-    """Run a blocking iterator (token generation) in a worker thread, yielding its items on the event loop.
+async def open_answer(runtime, text: str, settings: GenerationSettings, conversation: Conversation):
+    """Queue the assistant's answer to `text` (after the conversation's history); returns the engine's Stream.
 
-    The loop never blocks: pieces travel through an asyncio.Queue. Setting `stop` (the Stop button),
-    or cancelling/closing this generator, ends the worker at the next token.
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    done = object()
-
-    def put(item):
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            stop.set()
-
-    def work():
-        try:
-            for piece in make_iterator():
-                put(piece)
-                if stop.is_set():
-                    break
-        except BaseException as e:  # delivered to the awaiting side
-            put(e)
-        finally:
-            put(done)
-
-    thread = threading.Thread(target=work, name="llm-generate", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = await queue.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()  # cancelled or closed early: let the worker finish now
+    Raises InputError (bad text), ModelUnavailable, or EngineBusy (the queue is full)."""
+    return await runtime.answer(check_instruction(text), conversation.history(), settings=settings)
 
 
-async def stream_answer(model, instruction: str, settings: GenerationSettings, conversation: Conversation,
-                        stop: threading.Event) -> AsyncIterator[str]:
-    """The assistant's answer as text pieces, generated off the event loop; records the exchange."""
-    text = check_instruction(instruction)
-    pieces: list[str] = []
-
-    def make():
-        return model.stream(text, settings=settings, history=conversation.history(), should_stop=stop.is_set)
-
-    async for piece in iterate_in_thread(make, stop):
-        pieces.append(piece)
-        yield piece
-    conversation.add(text, "".join(pieces))
+def progress_text(name: str, done: int, total: int, seconds_left: float) -> str:
+    eta = f"about {seconds_left:.0f} s left" if seconds_left >= 1 else "almost done"
+    return f"⏳ **{name}**: {done:,} / {total:,} messages classified ({done / total:.0%}), {eta}. Press Stop to cancel."
 
 
 # --------------------------------------------------------------------------- optional login

@@ -1,0 +1,424 @@
+"""The generation engine: one scheduler thread per process owns the model and the batch.
+
+Continuous batching (iteration-level scheduling, Orca OSDI'22): requests enter a bounded queue;
+every iteration of the scheduler thread
+
+  1. drops cancelled requests and admits waiting ones into free KV slots;
+  2. prefills at most `prefill_chunk` prompt tokens (a long prompt is cut into chunks, so running
+     streams never wait for more than one chunk); a prompt's last chunk samples its first token;
+  3. runs ONE batched decode step over every running sequence (the weights are read once per step
+     whatever the batch, which is why many streams cost little more than one on a memory-bound CPU);
+     each row is sampled with its own settings and seeded generator, and its text goes through its
+     own `TextStream` (stop strings held back, UTF-8 never split);
+  4. classifies at most `classify_batch` waiting texts (the spam checks of the app and the API), so
+     a 20,000-row upload interleaves with everyone's chat instead of blocking it.
+
+A finished or cancelled sequence leaves at once and frees its slot; waiting requests join the batch
+at the next iteration. Callers hold a `Stream` (an async iterator of text pieces) or await
+`classify`; both hand results from the scheduler thread to the event loop thread-safely.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
+
+import torch
+
+from llm.generate import GenerationResult, GenerationSettings, TextStream, fit_prompt, sample_next
+from llm.serving.kv import SlotCache, slots_for
+from llm.serving.limits import EngineLimits
+
+log = logging.getLogger("llm.serving")
+
+Sink = Callable[[str, Any], None]  # ("text", str) | ("started", None) | ("done", GenerationResult) | ("error", Exception)
+
+
+class EngineBusy(RuntimeError):
+    """The bounded queue is full; the caller should retry shortly."""
+
+    def __init__(self, what: str, waiting: int):
+        super().__init__(f"{waiting:,} {what} are already waiting; try again in a moment.")
+        self.waiting = waiting
+
+
+@dataclass(eq=False)
+class _Sequence:
+    """One generation request while the engine holds it."""
+    lm: Any  # has .model (GPT) and .tokenizer
+    prompt: list[int]
+    settings: GenerationSettings
+    sink: Sink
+    result: GenerationResult
+    text: TextStream
+    generator: torch.Generator | None
+    cancelled: bool = False
+    state: str = "prefill"  # -> "decode" once its prompt is in the cache -> "done"
+    prefilled: int = 0  # prompt tokens already in the cache
+
+    @property
+    def length(self) -> int:
+        """Positions filled in the cache: the prompt, then every sampled token but the newest (fed next step)."""
+        return self.prefilled + max(0, len(self.result.ids) - 1)
+
+
+@dataclass(eq=False)
+class _ClassifyJob:
+    classifier: Any  # has .classify(list[str]) -> [(label, p_spam)]
+    texts: list[str]
+    sink: Sink
+    results: list = field(default_factory=list)
+    cancelled: bool = False
+
+
+class GenerationEngine:
+    def __init__(self, limits: EngineLimits | None = None):
+        self.limits = limits or EngineLimits()
+        self._lock = threading.Condition()
+        self._waiting: deque[_Sequence] = deque()
+        self._running: list[_Sequence] = []  # running[i] lives in KV slot i
+        self._jobs: deque[_ClassifyJob] = deque()
+        self._queued_texts = 0
+        self._lm: Any = None
+        self._cache: SlotCache | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.steps = 0  # decode steps run (for tests and /health)
+
+    # ------------------------------------------------------------------ callers (any thread)
+    def submit(self, lm, prompt_ids: list[int], settings: GenerationSettings, sink: Sink) -> _Sequence:
+        """Queue a generation; raises EngineBusy when max_waiting requests already wait for a slot."""
+        ids, max_new, dropped = fit_prompt(prompt_ids, settings.max_new_tokens, lm.model.config.n_positions,
+                                           lm.tokenizer.eot_id)
+        s = GenerationSettings(**{**settings.__dict__, "max_new_tokens": max_new})
+        device = lm.model.wte.weight.device
+        seq = _Sequence(lm, ids, s, sink, GenerationResult("", [], dropped), TextStream(lm.tokenizer, s.stop_strings),
+                        None if s.seed is None else torch.Generator(device=device).manual_seed(s.seed))
+        with self._lock:
+            if len(self._waiting) >= self.limits.max_waiting:
+                raise EngineBusy("requests", len(self._waiting))
+            self._waiting.append(seq)
+            self._start()
+            self._lock.notify()
+        return seq
+
+    def submit_classify(self, classifier, texts: list[str], sink: Sink) -> _ClassifyJob:
+        job = _ClassifyJob(classifier, list(texts), sink)
+        with self._lock:
+            if self._queued_texts + len(texts) > self.limits.classify_max_queued:
+                raise EngineBusy("texts to classify", self._queued_texts)
+            self._jobs.append(job)
+            self._queued_texts += len(texts)
+            self._start()
+            self._lock.notify()
+        return job
+
+    def cancel(self, item: _Sequence | _ClassifyJob) -> None:
+        """Stop a request: it leaves at the next iteration (its slot is freed); others are untouched."""
+        with self._lock:
+            item.cancelled = True
+            self._lock.notify()
+
+    def ahead_of(self, seq: _Sequence) -> int:
+        """Requests ahead of `seq` in the queue (0 once it runs)."""
+        with self._lock:
+            return next((i + 1 for i, s in enumerate(self._waiting) if s is seq), 0)
+
+    def stats(self) -> dict:
+        slots = self._cache.slots if self._cache is not None else None
+        return {"running": len(self._running), "waiting": len(self._waiting), "slots": slots,
+                "max_running": self.limits.max_running, "max_waiting": self.limits.max_waiting,
+                "kv_cache_bytes": self._cache.nbytes if self._cache is not None else 0,
+                "texts_to_classify": self._queued_texts}
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    # ------------------------------------------------------------------ async conveniences
+    def stream(self, lm, prompt_ids: list[int], settings: GenerationSettings) -> "Stream":
+        """Submit from the event loop; iterate the returned Stream for the text pieces."""
+        return Stream(self, lm, prompt_ids, settings)
+
+    async def classify(self, classifier, texts: list[str]) -> list[tuple[str, float]]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def sink(kind, value):
+            def deliver():
+                if not future.done():
+                    future.set_exception(value) if kind == "error" else future.set_result(value)
+            _call_soon(loop, deliver)
+
+        job = self.submit_classify(classifier, texts, sink)
+        try:
+            return await future
+        finally:
+            if not future.done() or future.cancelled():
+                self.cancel(job)
+
+    def generate(self, lm, prompt_ids: list[int], settings: GenerationSettings) -> GenerationResult:
+        """Blocking: the whole result (for scripts and tests; callers on an event loop use `stream`)."""
+        done = threading.Event()
+        box: dict = {}
+
+        def sink(kind, value):
+            if kind in ("done", "error"):
+                box[kind] = value
+                done.set()
+
+        self.submit(lm, prompt_ids, settings, sink)
+        done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box["done"]
+
+    # ------------------------------------------------------------------ the scheduler thread
+    def _start(self) -> None:  # called with the lock held
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, name="llm-engine", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._lock:
+                    while not (self._closed or self._waiting or self._running or self._jobs):
+                        self._lock.wait()
+                    if self._closed:
+                        return
+                    self._admit()
+                try:
+                    self._iteration()
+                except Exception as e:  # a bug or an out-of-memory: fail what was in flight, keep serving
+                    log.exception("engine iteration failed")
+                    for seq in self._running:
+                        seq.sink("error", e)
+                    self._running.clear()
+
+    def _admit(self) -> None:
+        """Drop cancelled requests; move waiting ones into free slots (lock held)."""
+        for seq in [s for s in self._waiting if s.cancelled]:
+            self._waiting.remove(seq)
+            self._finish_event(seq, "cancelled")
+        for i in reversed([i for i, s in enumerate(self._running) if s.cancelled]):
+            self._release(i, "cancelled")
+        while self._waiting:
+            lm = self._waiting[0].lm
+            if lm is not self._lm:
+                if self._running:  # one model at a time: a new one waits until the batch drains
+                    break
+                self._bind(lm)
+            if len(self._running) >= self._cache.slots:
+                break
+            seq = self._waiting.popleft()
+            self._running.append(seq)
+            seq.sink("started", None)
+
+    def _bind(self, lm) -> None:
+        config, dtype = lm.model.config, lm.model.wte.weight.dtype
+        slots = slots_for(config, dtype, self.limits.max_running, self.limits.kv_cache_mb)
+        self._cache = None  # free the old one first
+        self._cache = SlotCache(config, slots, lm.model.wte.weight.device, dtype)
+        self._lm = lm
+        log.info("engine: %d KV slots x %d positions (%.0f MiB)", slots, config.n_positions, self._cache.nbytes / 2**20)
+
+    def _iteration(self) -> None:
+        self._prefill()
+        self._decode()
+        self._classify_some()
+        finished = [i for i, s in enumerate(self._running) if s.state == "done"]
+        if finished:
+            with self._lock:
+                for i in reversed(finished):
+                    self._release(i, None)
+
+    def _prefill(self) -> None:
+        budget = self.limits.prefill_chunk
+        model = self._lm.model if self._lm is not None else None
+        for slot, seq in enumerate(self._running):
+            if budget <= 0:
+                break
+            if seq.state != "prefill":
+                continue
+            n = min(len(seq.prompt) - seq.prefilled, budget)
+            start, end = seq.prefilled, seq.prefilled + n
+            idx = torch.tensor([seq.prompt[start:end]], device=self._cache.keys[0].device)
+            positions = torch.arange(start, end, device=idx.device).unsqueeze(0)
+            if start == 0:
+                mask, causal = None, n > 1
+            else:  # the chunk sees everything before it and itself causally
+                mask = torch.arange(end, device=idx.device)[None, :] <= positions[0, :, None]
+                causal = False
+            h = model.transform(idx, positions, self._cache.prefill_view(slot, start), mask, causal)
+            seq.prefilled, budget = end, budget - n
+            if end == len(seq.prompt):
+                seq.state = "decode"
+                self._accept(seq, model.lm_head(h[:, -1]))
+
+    def _decode(self) -> None:
+        """One token for every sequence past its prompt; rows still prefilling ride along harmlessly."""
+        rows = self._running
+        live = [i for i, s in enumerate(rows) if s.state == "decode"]
+        if not live:
+            return
+        model, device = self._lm.model, self._cache.keys[0].device
+        eot = self._lm.tokenizer.eot_id
+        # The batch is every slot 0..n-1, so attention reads cache views, never gathered copies. A row
+        # that is not decoding (still prefilling, or done) feeds a dummy token at its next free position,
+        # which its next prefill chunk overwrites (or nobody reads); its output is ignored.
+        tokens = torch.tensor([[s.result.ids[-1] if s.state == "decode" else eot] for s in rows], device=device)
+        positions = torch.tensor([s.length for s in rows], device=device)
+        span = int(positions.max()) + 1
+        mask = (torch.arange(span, device=device)[None, :] <= positions[:, None])[:, None, None, :]
+        h = model.transform(tokens, positions[:, None], self._cache.decode_view(positions, span), mask, False)
+        logits = model.lm_head(h[live, -1])
+        self.steps += 1
+        for j, i in enumerate(live):
+            self._accept(rows[i], logits[j:j + 1])
+
+    def _accept(self, seq: _Sequence, logits: torch.Tensor) -> None:
+        """Sample the next token of `seq` from its logits (1, vocab), stream its text, decide if it ends."""
+        if seq.settings.max_new_tokens == 0:
+            self._end(seq, "length")
+            return
+        token = int(sample_next(logits, seq.settings, seq.generator)[0])
+        if token == seq.lm.tokenizer.eot_id:
+            self._end(seq, "eot")
+            return
+        seq.result.ids.append(token)
+        piece = seq.text.push(token)
+        if piece:
+            seq.sink("text", piece)
+        if seq.text.stopped:
+            self._end(seq, "stop_string")
+        elif len(seq.result.ids) >= seq.settings.max_new_tokens:
+            self._end(seq, "length")
+
+    def _end(self, seq: _Sequence, reason: str) -> None:
+        if reason != "stop_string":
+            piece = seq.text.finish()
+            if piece:
+                seq.sink("text", piece)
+        seq.result.stopped_by, seq.state = reason, "done"
+
+    def _release(self, i: int, reason: str | None) -> None:
+        """Remove running[i], keeping the batch compact (the last sequence moves into its slot). Lock held."""
+        seq = self._running[i]
+        last = len(self._running) - 1
+        if i != last:
+            self._cache.move(last, i, self._running[last].length + 1)
+            self._running[i] = self._running[last]
+        self._running.pop()
+        self._finish_event(seq, reason or seq.result.stopped_by)
+
+    @staticmethod
+    def _finish_event(seq: _Sequence, reason: str) -> None:
+        seq.result.stopped_by = reason
+        seq.result.text = seq.text.text
+        seq.sink("done", seq.result)
+
+    def _classify_some(self) -> None:
+        with self._lock:
+            while self._jobs and self._jobs[0].cancelled:
+                job = self._jobs.popleft()
+                self._queued_texts -= len(job.texts) - len(job.results)
+            picked, n = [], 0
+            for job in self._jobs:  # one forward pass, for one classifier (a process has one)
+                if n >= self.limits.classify_batch:
+                    break
+                if job.cancelled or job.classifier is not self._jobs[0].classifier:
+                    continue
+                take = min(len(job.texts) - len(job.results), self.limits.classify_batch - n)
+                picked.append((job, take))
+                n += take
+        if not picked:
+            return
+        flat = [t for job, take in picked for t in job.texts[len(job.results):len(job.results) + take]]
+        try:
+            verdicts = picked[0][0].classifier.classify(flat)
+        except Exception as e:  # a bad input or a bug: fail these jobs only
+            log.exception("classify failed")
+            with self._lock:
+                for job, _ in picked:
+                    self._drop_job(job)
+                    job.sink("error", e)
+            return
+        with self._lock:
+            i = 0
+            for job, take in picked:
+                job.results.extend(verdicts[i:i + take])
+                i += take
+                self._queued_texts -= take
+                if len(job.results) == len(job.texts):
+                    self._jobs.remove(job)
+                    job.sink("done", job.results)
+
+    def _drop_job(self, job: _ClassifyJob) -> None:
+        if job in self._jobs:
+            self._jobs.remove(job)
+            self._queued_texts -= len(job.texts) - len(job.results)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
+    try:
+        loop.call_soon_threadsafe(fn)
+    except RuntimeError:  # the loop is closed: nobody is listening any more
+        pass
+
+
+class Stream:
+    """One generation seen from the event loop: `async for piece in stream`, then `stream.result`.
+
+    Leaving the loop early (break, an exception, the task cancelled, a client gone) cancels the
+    request in the engine, which frees its slot at the next iteration.
+    """
+
+    def __init__(self, engine: GenerationEngine, lm, prompt_ids: list[int], settings: GenerationSettings):
+        self.engine, self._loop = engine, asyncio.get_running_loop()
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self.started = asyncio.Event()
+        self.result: GenerationResult | None = None
+        self._seq = engine.submit(lm, prompt_ids, settings, self._sink)
+
+    def _sink(self, kind: str, value) -> None:  # scheduler thread
+        _call_soon(self._loop, lambda: self._queue.put_nowait((kind, value)))
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Tokens of the prompt as the model reads it (after fitting the context)."""
+        return len(self._seq.prompt)
+
+    @property
+    def ahead(self) -> int:
+        """Requests queued ahead of this one (0 once it runs)."""
+        return 0 if self.started.is_set() else self.engine.ahead_of(self._seq)
+
+    def cancel(self) -> None:
+        if self.result is None:
+            self.engine.cancel(self._seq)
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._pieces()
+
+    async def _pieces(self) -> AsyncIterator[str]:
+        try:
+            while True:
+                kind, value = await self._queue.get()
+                if kind == "text":
+                    yield value
+                elif kind == "started":
+                    self.started.set()
+                elif kind == "error":
+                    raise value
+                else:
+                    self.result = value
+                    return
+        finally:
+            self.cancel()

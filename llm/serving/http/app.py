@@ -1,0 +1,254 @@
+"""The HTTP API: an OpenAI-compatible chat endpoint and a spam classifier, on the serving runtime.
+
+    python -m llm.serving.http --port 8000     # or: uvicorn llm.serving.http.app:app --port 8000
+
+Routes (JSON in, JSON out; errors are {"error": {"message", "type", "param", "code"}}):
+    POST /v1/chat/completions   OpenAI chat completions for the instruction model (stream=true: server-sent events)
+    POST /v1/classify           {"texts": [...]} -> [{"label": "spam"|"ham", "p_spam": 0.97}, ...]
+    GET  /v1/models             the two models and whether each is loaded
+    GET  /health                liveness + per-model readiness + the engine's load (never needs the API key)
+    GET  /ready                 200 once both models are loaded, else 503 (for load balancers)
+
+Every request goes through `llm.serving.runtime.Runtime`, the same registry and continuous-batching
+engine as the chat app: chat completions join the engine's running batch (beyond its waiting queue:
+429 with Retry-After), classify requests share forward passes with every other caller's texts. A client
+that disconnects mid-stream cancels only its own request. Set $LLM_API_KEY to require
+`Authorization: Bearer <key>` (or `X-API-Key: <key>`) on /v1/*. Bodies over MAX_BODY_BYTES get 413
+before they are parsed.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import time
+import uuid
+from typing import AsyncIterator
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llm.generate import GenerationSettings
+from llm.serving.engine import EngineBusy
+from llm.serving.http.schemas import ChatCompletionRequest, ClassifyRequest, to_instruction
+from llm.serving.limits import DEFAULT_MAX_NEW_TOKENS, MAX_BODY_BYTES
+from llm.serving.registry import INSTRUCT_MODEL_ID, SPAM_MODEL_ID
+from llm.serving.runtime import ModelUnavailable, Runtime
+
+log = logging.getLogger("llm.api")
+
+API_KEY_ENV = "LLM_API_KEY"
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type_: str, code: str | None = None, param: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param, self.headers = status, message, type_, code, param, headers
+
+
+def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def _error_response(status: int, message: str, type_: str, code: str | None = None, param: str | None = None,
+                    headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, type_, code, param), status_code=status, headers=headers)
+
+
+def _describe_validation(errors) -> tuple[int, str, str | None]:
+    """Pydantic errors -> (400 as OpenAI answers, one readable line, param). Never echoes the input (it may be 1 MB)."""
+    parts, param = [], None
+    for e in errors[:5]:
+        loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+        if e.get("type") in ("json_invalid", "json_type"):
+            return 400, f"The request body is not valid JSON: {e.get('msg', '')}".rstrip(": "), "json"
+        where = ".".join(loc) or "body"
+        param = param or where
+        msg = e.get("msg", "invalid")
+        if e.get("type") == "extra_forbidden":
+            msg = "unknown field (see the API section of the README for the fields supported)"
+        if e.get("type") == "missing":
+            msg = "required field missing"
+        if where == "body" and e.get("type") == "model_attributes_type":
+            msg = "the body must be a JSON object, sent with 'Content-Type: application/json'"
+        parts.append(f"{where}: {msg}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return 400, "; ".join(parts) + more, param
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over `limit` bytes (Content-Length or streamed) with 413."""
+
+    def __init__(self, app, limit: int = MAX_BODY_BYTES):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        too_big = JSONResponse(error_body(f"Request body over {self.limit:,} bytes.", "invalid_request_error",
+                                          "body_too_large"), status_code=413)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await too_big(scope, receive, send)
+        chunks, size = [], 0
+        while True:  # read (at most limit bytes) up front, then replay
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await too_big(scope, receive, send)
+            if not message.get("more_body"):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def create_app(runtime: Runtime | None = None, api_key: str | None = None) -> FastAPI:
+    """The API app over `runtime` (default: one built from the $LLM_* environment, models loading now);
+    `api_key` defaults to $LLM_API_KEY (empty: no auth)."""
+    runtime = runtime or Runtime.from_env()
+    api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
+    started = int(time.time())
+    app = FastAPI(title="GPT-2 from scratch: HTTP API", version="1",
+                  description="OpenAI-compatible chat completions and an SMS spam classifier.")
+    app.state.runtime = runtime
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, e: APIError):
+        return _error_response(e.status, e.message, e.type, e.code, e.param, e.headers)
+
+    @app.exception_handler(ModelUnavailable)
+    async def _unavailable(request: Request, e: ModelUnavailable):
+        return _error_response(503, f"{e} Retry once it exists; the server picks it up without a restart.",
+                               "model_unavailable", "model_not_ready")
+
+    @app.exception_handler(EngineBusy)
+    async def _busy(request: Request, e: EngineBusy):
+        return _error_response(429, f"The server is busy: {e}", "rate_limit", "busy", headers={"Retry-After": "1"})
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, e: RequestValidationError):
+        status, message, param = _describe_validation(e.errors())
+        return _error_response(status, message, "invalid_request_error",
+                               "invalid_json" if param == "json" else "invalid_value", None if param == "json" else param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException):
+        # FastAPI's 400 "error parsing the body" (e.g. invalid UTF-8), 404, 405...
+        detail = str(e.detail)
+        if e.status_code == 400 and "parsing the body" in detail:
+            detail = "The request body could not be parsed: send JSON encoded as UTF-8."
+        return _error_response(e.status_code, detail, "invalid_request_error", None, None,
+                               getattr(e, "headers", None))
+
+    async def require_key(request: Request) -> None:
+        if not api_key:
+            return
+        auth = request.headers.get("authorization", "")
+        given = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise APIError(401, "Missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>' "
+                                f"(the server's ${API_KEY_ENV}).", "invalid_request_error", "invalid_api_key")
+
+    app.add_middleware(BodyLimit)
+
+    @app.get("/health")
+    async def health():
+        return runtime.health()
+
+    @app.get("/ready")
+    async def ready():
+        h = runtime.health()
+        return JSONResponse(h, status_code=200 if h["status"] == "ok" else 503)
+
+    @app.get("/v1/models", dependencies=[Depends(require_key)])
+    async def models():
+        return {"object": "list", "data": [
+            {"id": model_id, "object": "model", "created": started, "owned_by": "local", "ready": s["ready"]}
+            for model_id, s in runtime.registry.status().items()]}
+
+    @app.post("/v1/classify", dependencies=[Depends(require_key)])
+    async def classify(req: ClassifyRequest):
+        results = await runtime.classify(req.texts)
+        return {"object": "list", "model": SPAM_MODEL_ID,
+                "data": [{"index": i, "label": label, "p_spam": round(float(p), 6)}
+                         for i, (label, p) in enumerate(results)]}
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
+    async def chat_completions(req: ChatCompletionRequest):
+        instruction, history = to_instruction(req.messages)
+        settings = GenerationSettings(max_new_tokens=req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_NEW_TOKENS,
+                                      temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, seed=req.seed,
+                                      stop_strings=tuple(req.stop or ()))
+        stream = await runtime.answer(instruction, history, settings=settings)
+        cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+
+        def usage() -> dict:
+            done = len(stream.result.ids) if stream.result else 0
+            return {"prompt_tokens": stream.prompt_tokens, "completion_tokens": done,
+                    "total_tokens": stream.prompt_tokens + done}
+
+        def finish_reason() -> str:  # OpenAI's names: "length" when max_tokens (or the context) ran out
+            return "length" if stream.result and stream.result.stopped_by == "length" else "stop"
+
+        if not req.stream:
+            text = "".join([piece async for piece in stream]).strip()  # as InstructionModel.respond
+            return {"id": cid, "object": "chat.completion", "created": created, "model": INSTRUCT_MODEL_ID,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                 "finish_reason": finish_reason(), "logprobs": None}],
+                    "usage": usage()}
+
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        def chunk(delta: dict, finish: str | None = None) -> str:
+            return _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": INSTRUCT_MODEL_ID,
+                         "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]})
+
+        async def events() -> AsyncIterator[str]:
+            yield chunk({"role": "assistant", "content": ""})
+            try:
+                async for piece in stream:
+                    yield chunk({"content": piece})
+            except Exception as e:  # noqa: BLE001 - headers are sent: report in-band, as OpenAI does
+                log.exception("generation failed")
+                yield _sse(error_body(f"Generation failed: {type(e).__name__}", "server_error"))
+                yield "data: [DONE]\n\n"
+                return
+            finally:
+                stream.cancel()  # the client went away mid-stream (this generator was closed): free the slot
+            yield chunk({}, finish_reason())
+            if include_usage:
+                yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created,
+                            "model": INSTRUCT_MODEL_ID, "choices": [], "usage": usage()})
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return app
+
+
+def _sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def __getattr__(name: str):
+    # `uvicorn llm.serving.http.app:app` builds the app from the environment on first access
+    if name == "app":
+        globals()["app"] = create_app()
+        return globals()["app"]
+    raise AttributeError(name)

@@ -1,0 +1,109 @@
+"""The HTTP API's request schemas and how a chat maps onto the instruction model's prompt.
+
+Strict: unknown fields are refused (400) rather than silently ignored. Sizes come from
+`llm.serving.limits`, shared with the chat app.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from llm.serving.limits import MAX_MESSAGE_CHARS, MAX_MESSAGES, MAX_NEW_TOKENS, MAX_STOP, MAX_STOP_CHARS, MAX_TEXT_CHARS, MAX_TEXTS
+from llm.serving.registry import INSTRUCT_MODEL_ID
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str = Field(max_length=MAX_MESSAGE_CHARS)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] = Field(max_length=MAX_MESSAGE_CHARS)
+    name: str | None = Field(default=None, max_length=64)  # accepted, ignored
+
+    @property
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """The subset of OpenAI's chat completion request that a local GPT-2 can honour; unknown fields -> 400."""
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(default=INSTRUCT_MODEL_ID, max_length=200)  # any name is accepted; answered by the instruct model
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)  # 0 = greedy (OpenAI's default is 1; greedy suits GPT-2)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=1, le=50_257)  # extension, not in OpenAI's API
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)  # newer name of max_tokens
+    stop: str | list[str] | None = None
+    n: int = Field(default=1, ge=1, le=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    seed: int | None = None
+    user: str | None = Field(default=None, max_length=256)  # accepted, ignored
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, v):
+        stops = [v] if isinstance(v, str) else (v or [])
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences")
+        if any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"each stop sequence must be 1 to {MAX_STOP_CHARS} characters")
+        return stops
+
+    @field_validator("messages")
+    @classmethod
+    def _check_last(cls, v: list[ChatMessage]):
+        if v[-1].role != "user":
+            raise ValueError("the last message must have role 'user': it is the instruction to answer")
+        if not v[-1].text.strip():
+            raise ValueError("the last user message is empty")
+        return v
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS)
+    model: str | None = Field(default=None, max_length=200)  # accepted, ignored
+
+    @field_validator("texts")
+    @classmethod
+    def _check_texts(cls, v: list[str]):
+        for i, t in enumerate(v):
+            if not t.strip():
+                raise ValueError(f"texts[{i}] is empty: there is nothing to classify")
+            if len(t) > MAX_TEXT_CHARS:
+                raise ValueError(f"texts[{i}] has {len(t):,} characters; at most {MAX_TEXT_CHARS:,} per text")
+        return v
+
+
+def to_instruction(messages: list[ChatMessage]) -> tuple[str, list[tuple[str, str]]]:
+    """OpenAI messages -> (instruction, history) for the Alpaca-style instruction model.
+
+    The last user message is the instruction. Earlier user messages each followed by an assistant
+    message become (instruction, response) history pairs; consecutive user messages are joined with a
+    newline; an assistant message with no question before it is dropped. System/developer messages are
+    ignored: the prompt template (llm/prompt.py) has its own fixed preamble and GPT-2 was not trained
+    to follow system prompts.
+    """
+    history: list[tuple[str, str]] = []
+    pending: str | None = None
+    for m in messages[:-1]:
+        if m.role == "user":
+            pending = m.text if pending is None else pending + "\n" + m.text
+        elif m.role == "assistant" and pending is not None:
+            history.append((pending, m.text))
+            pending = None
+    last = messages[-1].text
+    return (last if pending is None else pending + "\n" + last), history

@@ -1,0 +1,59 @@
+"""Every serving limit in one place: the chat app and the HTTP API read the same table.
+
+Engine knobs come from the environment (the API's flags override them); input sizes are constants.
+A difference between the app and the API is deliberate where it exists and says why.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """How much the generation engine does at once (env var in brackets)."""
+    max_running: int = 32  # sequences decoded together in one batched step: KV slots [LLM_MAX_RUNNING]
+    max_waiting: int = 64  # generation requests queued beyond those; more -> "busy" (429) [LLM_MAX_WAITING]
+    kv_cache_mb: int = 2048  # memory for the KV cache; slots = min(max_running, this / one slot) [LLM_KV_CACHE_MB]
+    prefill_chunk: int = 256  # prompt tokens prefilled per iteration, between decode steps [LLM_PREFILL_CHUNK]
+    classify_batch: int = 32  # texts per classifier forward pass, across requests [LLM_CLASSIFY_BATCH]
+    classify_max_queued: int = 4096  # texts waiting for the classifier; more -> "busy" [LLM_CLASSIFY_MAX_QUEUED]
+
+    @classmethod
+    def from_env(cls, **overrides) -> "EngineLimits":
+        """Defaults, then $LLM_<NAME>, then `overrides` (flags; None = not given). Refuses values below 1."""
+        values = {}
+        for f in fields(cls):
+            raw = overrides.get(f.name)
+            if raw is None:
+                raw = os.environ.get(f"LLM_{f.name.upper()}")
+            if raw is None:
+                continue
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ValueError(f"{f.name} must be a whole number (got {raw!r}; flag or $LLM_{f.name.upper()})") from None
+            if value < 1:
+                raise ValueError(f"{f.name} must be at least 1 (got {value}; flag or $LLM_{f.name.upper()})")
+            values[f.name] = value
+        return cls(**values)
+
+
+# ----------------------------------------------------------------------------- input sizes (app and API)
+MAX_MESSAGE_CHARS = 4_000  # one chat message: ~1,000 tokens, GPT-2's whole context
+MAX_NEW_TOKENS = 1_024  # upper bound of max_tokens / the settings slider (the whole context)
+DEFAULT_MAX_NEW_TOKENS = 256
+MAX_TEXT_CHARS = 10_000  # one message to classify (the classifier reads its first max_length tokens anyway)
+MAX_TEXTS = 500  # messages classified per request (API) or per paste (app)
+MAX_STOP = 4  # stop sequences per request, as in OpenAI's API
+MAX_STOP_CHARS = 64
+
+# The app only: a paste holds many messages, and files are uploaded rather than posted as JSON.
+PASTE_MAX_CHARS = 20_000  # one paste in Spam check; longer: upload a file
+FILE_MAX_ROWS = 20_000  # rows classified per uploaded file
+FILE_MAX_BYTES = 5 * 1024 * 1024  # also the upload limit in .chainlit/config.toml
+HISTORY_EXCHANGES = 1  # earlier (question, answer) pairs the app carries into the next prompt
+
+# The API only: it receives whole conversations in one JSON body.
+MAX_BODY_BYTES = 2 * 1024 * 1024  # any request body; larger -> 413 before parsing
+MAX_MESSAGES = 64  # messages per chat request

@@ -1,0 +1,121 @@
+"""One model registry per process: what the app, the API, /ready, /health and `make app` agree on.
+
+Each model is loaded once, in the background when the process starts, on the chosen device and
+precision. A failed load (checkpoint missing, corrupt, wrong kind) is remembered with its message and
+retried on the next request, so a checkpoint trained while the server runs is picked up without a
+restart. `status()` is the one readiness report; `create_hint` the one command that creates a model.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger("llm.serving")
+
+SPAM_MODEL_ID = "gpt2-spam"
+INSTRUCT_MODEL_ID = "gpt2-instruct"
+
+
+class ModelUnavailable(RuntimeError):
+    """A model could not be loaded; the message says why and which command creates it."""
+
+
+@dataclass
+class ModelSpec:
+    model_id: str
+    title: str  # what users call it: "spam classifier", "assistant"
+    checkpoint: Callable[[], Path]  # where its checkpoint is expected (flag / env var / default)
+    create_hint: str  # the command that creates the checkpoint
+    loader: Callable[[], Any]
+
+
+def checkpoint_ready(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def default_specs(spam_checkpoint=None, instruct_checkpoint=None, device=None, precision=None,
+                  bpe_dir=None) -> list[ModelSpec]:
+    """The two models of the product, configured by flags (None: their env vars, then the defaults)."""
+    from llm import instruct, spam
+
+    def load_spam():
+        return spam.SpamClassifier.load(spam_checkpoint, device=device, precision=precision, bpe_dir=bpe_dir)
+
+    def load_instruct():
+        return instruct.InstructionModel.load(instruct_checkpoint, device=device, precision=precision, bpe_dir=bpe_dir)
+
+    return [
+        ModelSpec(SPAM_MODEL_ID, "spam classifier", lambda: spam.checkpoint_path(spam_checkpoint),
+                  spam.CREATE_HINT, load_spam),
+        ModelSpec(INSTRUCT_MODEL_ID, "assistant", lambda: instruct.checkpoint_path(instruct_checkpoint),
+                  instruct.CREATE_HINT, load_instruct),
+    ]
+
+
+class _Slot:
+    def __init__(self, spec: ModelSpec):
+        self.spec, self.model, self.error, self.loading = spec, None, "not loaded yet", False
+        self.lock = threading.Lock()
+
+
+class ModelRegistry:
+    def __init__(self, specs: list[ModelSpec]):
+        self._slots = {s.model_id: _Slot(s) for s in specs}
+
+    @property
+    def specs(self) -> list[ModelSpec]:
+        return [slot.spec for slot in self._slots.values()]
+
+    def start(self) -> None:
+        """Load every model in a background thread (the process answers /health meanwhile)."""
+        for slot in self._slots.values():
+            slot.loading = True
+        threading.Thread(target=lambda: [self.load(name) for name in self._slots], name="llm-load", daemon=True).start()
+
+    def load(self, model_id: str) -> Any:
+        """The model, loading it now if it is not loaded (blocking); None if it cannot be loaded."""
+        slot = self._slots[model_id]
+        with slot.lock:
+            if slot.model is None:
+                slot.loading = True
+                try:
+                    slot.model, slot.error = slot.spec.loader(), None
+                    log.info("%s loaded", model_id)
+                except Exception as e:  # CheckpointError, TokenizerError, OSError...: report, keep serving
+                    slot.error = str(e) or type(e).__name__
+                    log.warning("%s not available: %s", model_id, slot.error)
+                finally:
+                    slot.loading = False
+            return slot.model
+
+    def loaded(self, model_id: str) -> Any:
+        """The model if it is loaded, else None (never blocks)."""
+        return self._slots[model_id].model
+
+    async def get(self, model_id: str) -> Any:
+        """The model; waits for a load in progress, retries a failed one; ModelUnavailable if it cannot load."""
+        slot = self._slots[model_id]
+        model = slot.model if slot.model is not None else await asyncio.to_thread(self.load, model_id)
+        if model is None:
+            raise ModelUnavailable(self.unavailable_message(model_id))
+        return model
+
+    def unavailable_message(self, model_id: str) -> str:
+        slot = self._slots[model_id]
+        error = (slot.error or "").rstrip(".")
+        how = "" if slot.spec.create_hint in error else f" {slot.spec.create_hint}."
+        return f"The {slot.spec.title} ({model_id}) is not available: {error}.{how}"
+
+    def status(self) -> dict[str, dict]:
+        out = {}
+        for model_id, slot in self._slots.items():
+            path = slot.spec.checkpoint()
+            out[model_id] = {"ready": slot.model is not None, "loading": slot.loading,
+                             "error": None if slot.model is not None or slot.loading else slot.error,
+                             "checkpoint": str(path), "checkpoint_found": checkpoint_ready(path),
+                             "create_with": slot.spec.create_hint.removeprefix("Create it with: ")}
+        return out

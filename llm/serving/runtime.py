@@ -1,0 +1,69 @@
+"""The serving runtime: the registry (which models) + the engine (how they run), one per process.
+
+The chat app and the HTTP API both call these few methods; neither owns a model, a thread or a limit.
+
+    runtime = Runtime.from_env()            # flags or $LLM_* env vars; models start loading now
+    await runtime.classify(["WINNER!!"])    # -> [("spam", 0.99)]
+    stream = await runtime.answer("Name three colours.", history=[], settings=GenerationSettings())
+    async for piece in stream: ...          # text pieces, streamed from the batched engine
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from llm.generate import GenerationSettings
+from llm.serving.engine import GenerationEngine, Stream
+from llm.serving.limits import EngineLimits
+from llm.serving.registry import (INSTRUCT_MODEL_ID, SPAM_MODEL_ID, ModelRegistry, ModelSpec, ModelUnavailable,
+                                  default_specs)
+
+__all__ = ["Runtime", "ModelUnavailable", "get_runtime"]
+
+
+class Runtime:
+    def __init__(self, specs: list[ModelSpec], limits: EngineLimits | None = None, load_now: bool = True):
+        self.registry = ModelRegistry(specs)
+        self.engine = GenerationEngine(limits or EngineLimits.from_env())
+        if load_now:
+            self.registry.start()
+
+    @classmethod
+    def from_env(cls, spam_checkpoint=None, instruct_checkpoint=None, device=None, precision=None, bpe_dir=None,
+                 limits: EngineLimits | None = None, load_now: bool = True) -> "Runtime":
+        specs = default_specs(spam_checkpoint, instruct_checkpoint, device, precision, bpe_dir)
+        return cls(specs, limits, load_now)
+
+    async def classify(self, texts: Sequence[str]) -> list[tuple[str, float]]:
+        """(label, p_spam) per text, batched with every other caller's texts by the engine."""
+        classifier = await self.registry.get(SPAM_MODEL_ID)
+        return await self.engine.classify(classifier, list(texts))
+
+    async def answer(self, instruction: str, history: Sequence[tuple[str, str]] = (), input: str = "",
+                     settings: GenerationSettings | None = None) -> Stream:
+        """Queue the assistant's answer to `instruction` (after `history`); iterate the Stream for its text.
+
+        Raises ModelUnavailable, or EngineBusy when the queue is full."""
+        from llm.instruct import with_template_stops
+
+        lm = await self.registry.get(INSTRUCT_MODEL_ID)
+        s = with_template_stops(settings)
+        return self.engine.stream(lm, lm.prompt_ids(instruction, input, list(history), s.max_new_tokens), s)
+
+    def health(self) -> dict:
+        models = self.registry.status()
+        return {"status": "ok" if all(m["ready"] for m in models.values()) else "degraded", "models": models,
+                "engine": self.engine.stats()}
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    """The process's runtime, created from the environment on first use (the app's entry point)."""
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime.from_env()
+    return _runtime

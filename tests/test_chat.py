@@ -1,0 +1,222 @@
+"""The app's chat rules (llm/serving/chat.py) without Chainlit, on a real serving runtime with stand-in
+spam verdicts and a tiny random instruction model: verdict formatting, pastes, files (with progress
+and cancellation), bad input, settings, history and streaming answers."""
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+
+import pytest
+from conftest import KeywordClassifier
+
+from llm.serving import chat
+from llm.serving.chat import ASSISTANT_MODE, SPAM_MODE, InputError
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_mode_for_profiles():
+    assert chat.mode_for("Assistant") == ASSISTANT_MODE
+    assert chat.mode_for("Spam check") == SPAM_MODE
+    assert chat.mode_for(None) == SPAM_MODE  # the default profile
+    assert chat.mode_for("nonsense") == SPAM_MODE
+
+
+def test_format_verdict_has_label_probability_and_cue():
+    assert chat.format_verdict("spam", 0.9734) == "🔴 **Spam — 97.3%** spam probability"
+    assert chat.format_verdict("ham", 0.0123) == "🟢 **Ham — 1.2%** spam probability"
+
+
+def test_single_message_gets_one_verdict(make_runtime):
+    reply = run(chat.spam_reply(make_runtime(), "WINNER!! Claim your £900 prize now, call 09061701461"))
+    assert reply == "🔴 **Spam — 97.3%** spam probability"
+
+
+def test_several_lines_are_classified_together_in_one_batch(make_runtime):
+    clf = KeywordClassifier()
+    reply = run(chat.spam_reply(make_runtime(spam=lambda: clf), "Claim your prize\n\n  see you at 7  \nok | fine"))
+    assert clf.calls == [["Claim your prize", "see you at 7", "ok | fine"]]  # one batched call, blank lines dropped
+    assert reply.startswith("**3 messages: 1 spam, 2 ham**")
+    assert reply.count("🔴") == 1 and reply.count("🟢") == 2
+    assert "ok \\| fine" in reply  # pipes escaped so the markdown table holds
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t "])
+def test_empty_paste_is_refused_clearly(text):
+    with pytest.raises(InputError, match="Paste an SMS"):
+        chat.check_spam_text(text)
+
+
+def test_huge_paste_is_refused_clearly():
+    with pytest.raises(InputError, match="100,000 characters.*20,000"):
+        chat.check_spam_text("x" * 100_000)
+    with pytest.raises(InputError, match="4,000"):
+        chat.check_instruction("x" * 100_000)
+    with pytest.raises(InputError, match="lines"):
+        chat.check_spam_text("hi\n" * (chat.MAX_TEXTS + 1))
+
+
+def test_csv_upload_gets_label_and_probability_columns(make_runtime):
+    data = "id,Message\n1,Win a prize now\n2,see you later\n3,\n".encode()
+    result = run(chat.classify_upload(make_runtime(), "inbox.csv", data))
+    rows = list(csv.DictReader(io.StringIO(result.csv_bytes.decode())))
+    assert [r["id"] for r in rows] == ["1", "2", "3"]  # original columns kept
+    assert [(r["label"], r["spam_probability"]) for r in rows] == [("spam", "0.9730"), ("ham", "0.0120"), ("", "")]
+    assert result.filename == "inbox-labelled.csv" and result.n_rows == 2 and result.n_spam == 1
+    assert "1 empty rows skipped" in result.summary
+
+
+def test_txt_upload_one_message_per_line_with_progress(make_runtime):
+    clf = KeywordClassifier()
+    lines = [f"message {i}" for i in range(2 * chat.UPLOAD_CHUNK + 5)]
+    progress = []
+
+    async def note(done, total, seconds_left):
+        progress.append((done, total))
+        assert seconds_left >= 0
+
+    result = run(chat.classify_upload(make_runtime(spam=lambda: clf, classify_batch=16), "a.TXT",
+                                      "\n".join(lines).encode(), note))
+    assert sum(len(c) for c in clf.calls) == len(lines) and max(len(c) for c in clf.calls) == 16
+    assert progress == [(chat.UPLOAD_CHUNK, len(lines)), (2 * chat.UPLOAD_CHUNK, len(lines)), (len(lines), len(lines))]
+    assert "2,000 / 2,000 messages classified (100%)" in chat.progress_text("a.txt", 2000, 2000, 0)
+    rows = list(csv.DictReader(io.StringIO(result.csv_bytes.decode())))
+    assert rows[0] == {"text": "message 0", "label": "ham", "spam_probability": "0.0120"}
+
+
+def test_csv_without_text_column_is_refused_clearly():
+    with pytest.raises(InputError, match=r"no text column \(columns found: id, amount\).*`text`"):
+        chat.read_upload("pay.csv", b"id,amount\n1,20\n")
+
+
+def test_csv_row_with_an_unquoted_comma_is_refused_not_cut_short():
+    data = b"text\nWINNER!! Claim your prize now, call 09061701461\nsee you\n\"a, quoted\"\nb,c,d\n"
+    with pytest.raises(InputError, match=r"data row 1, 4 has more fields than the header's 1\. .*double quotes"):
+        chat.read_upload("sms.csv", data)
+
+
+def test_binary_upload_is_refused_clearly():
+    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))
+    with pytest.raises(InputError, match="binary"):
+        chat.read_upload("photo.csv", png)
+    with pytest.raises(InputError, match="only .csv and .txt"):
+        chat.read_upload("photo.png", png)
+
+
+def test_empty_file_is_refused_clearly():
+    with pytest.raises(InputError, match="no messages"):
+        chat.read_upload("empty.txt", b"\n\n")
+
+
+def test_generation_settings_from_panel():
+    s = chat.generation_settings(None)
+    assert (s.temperature, s.top_k, s.top_p, s.max_new_tokens) == (0.0, None, None, 256)
+    s = chat.generation_settings({"temperature": 0.7, "top_k": 40, "top_p": 0.9, "max_new_tokens": 64})
+    assert (s.temperature, s.top_k, s.top_p, s.max_new_tokens) == (0.7, 40, 0.9, 64)
+
+
+def test_conversation_keeps_the_previous_exchange():
+    conv = chat.Conversation()
+    assert conv.history() == []
+    conv.add("q1", "a1")
+    conv.add("q2", "")  # nothing said: not carried
+    conv.add("q3", "a3")
+    assert conv.history() == [("q3", "a3")]
+
+
+def test_registry_loads_once_and_retries_failures():
+    from llm.serving.registry import ModelRegistry, ModelSpec, ModelUnavailable
+    from pathlib import Path
+
+    calls = {"n": 0}
+
+    def flaky():
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("No instruction checkpoint at checkpoints/instruct.")
+        return "model"
+
+    registry = ModelRegistry([ModelSpec("m", "assistant", lambda: Path("nowhere"),
+                                        "Create it with: python -m finetune.instruct train", flaky)])
+    with pytest.raises(ModelUnavailable, match="No instruction checkpoint.*python -m finetune.instruct train"):
+        run(registry.get("m"))
+    assert registry.status()["m"]["error"] and not registry.status()["m"]["ready"]
+    assert run(registry.get("m")) == "model" and run(registry.get("m")) == "model"  # retried once, then cached
+    assert calls["n"] == 2 and registry.status()["m"]["ready"]
+
+
+def test_answers_stream_and_the_previous_exchange_is_carried(make_runtime):
+    runtime, conv = make_runtime(), chat.Conversation()
+    settings = chat.generation_settings({"max_new_tokens": 8})
+
+    async def ask(text):
+        stream = await chat.open_answer(runtime, text, settings, conv)
+        pieces = [p async for p in stream]
+        conv.add(text.strip(), "".join(pieces))
+        return stream, pieces
+
+    first, pieces = run(ask("  hi "))
+    assert len(pieces) >= 2 and first.result.text == "".join(pieces)  # streamed piece by piece
+    assert conv.history() == [("hi", "".join(pieces))]
+    second, _ = run(ask("hi"))
+    assert second.prompt_tokens > first.prompt_tokens  # the same question, now after the previous exchange
+    with pytest.raises(InputError):
+        run(ask(""))
+
+
+def test_generation_runs_off_the_event_loop(make_runtime):
+    """While the engine decodes, the loop keeps ticking (the UI never freezes)."""
+    runtime = make_runtime()
+    ticks = []
+
+    async def main():
+        async def ticker():
+            while True:
+                ticks.append(1)
+                await asyncio.sleep(0.002)
+        t = asyncio.create_task(ticker())
+        stream = await chat.open_answer(runtime, "go", chat.generation_settings({"max_new_tokens": 200}),
+                                        chat.Conversation())
+        n = len([p async for p in stream])
+        t.cancel()
+        return n
+
+    assert run(main()) > 10
+    assert len(ticks) >= 5
+
+
+def test_cancelling_an_upload_stops_it_between_chunks(make_runtime):
+    """Stop cancels the handler's task: the file's remaining chunks are never classified."""
+    clf = KeywordClassifier()
+    runtime = make_runtime(spam=lambda: clf)
+    data = "\n".join(f"message {i}" for i in range(20 * chat.UPLOAD_CHUNK)).encode()
+
+    async def main():
+        seen = asyncio.Event()
+
+        async def note(done, total, seconds_left):
+            seen.set()
+
+        task = asyncio.create_task(chat.classify_upload(runtime, "big.txt", data, note))
+        await seen.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.05)
+
+    run(main())
+    assert sum(len(c) for c in clf.calls) < 4 * chat.UPLOAD_CHUNK
+    assert runtime.engine.stats()["texts_to_classify"] == 0
+
+
+def test_login_only_when_a_password_is_configured(monkeypatch):
+    monkeypatch.delenv(chat.LOGIN_PASSWORD_ENV, raising=False)
+    assert not chat.login_enabled() and not chat.check_login("admin", "")
+    monkeypatch.setenv(chat.LOGIN_PASSWORD_ENV, "s3cret")
+    monkeypatch.setenv(chat.LOGIN_USER_ENV, "ana")
+    assert chat.login_enabled()
+    assert chat.check_login("ana", "s3cret")
+    assert not chat.check_login("ana", "wrong") and not chat.check_login("admin", "s3cret")
