@@ -94,6 +94,9 @@ def load_model(source: str | os.PathLike, device: torch.device | str = "cpu", pr
     if resolve_precision(precision) == "int8":
         from llm.quantize import quantize_int8
         model = quantize_int8(model)
+    else:  # fp32 on a CPU: oneDNN's matmul for inference (training keeps F.linear; see llm/onednn.py)
+        from llm.onednn import use_onednn
+        model = use_onednn(model)
     return model, config
 
 

@@ -113,3 +113,22 @@ def test_int8_lm_head_rescores_its_top_logits_in_fp32():
     top = exact.topk(REFINE_TOP, dim=-1).indices
     assert torch.allclose(y.gather(-1, top), exact.gather(-1, top), atol=1e-3)
     assert torch.equal(y.argmax(-1), exact.argmax(-1))
+
+
+def test_onednn_linear_is_fp32_exact_and_trains_through_f_linear():
+    """The oneDNN inference kernel (llm/onednn.py) agrees with nn.Linear; with gradients it is nn.Linear."""
+    from llm.onednn import OneDNNLinear, available, use_onednn
+
+    if not available():
+        pytest.skip("this PyTorch build has no oneDNN")
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(64, 300)
+    fast = use_onednn(torch.nn.Sequential(torch.nn.Linear(64, 300)))[0]
+    fast.load_state_dict(plain.state_dict())
+    assert type(fast) is OneDNNLinear
+    x = torch.randn(3, 5, 64)
+    with torch.inference_mode():
+        assert torch.allclose(fast(x), plain(x), atol=1e-5)
+    x.requires_grad_(True)
+    fast(x).sum().backward()  # training: autograd works (F.linear)
+    assert fast.weight.grad is not None and x.grad is not None

@@ -269,11 +269,10 @@ class GenerationEngine:
         if not live:
             return
         model, device = self._lm.model, self._cache.keys[0].device
-        eot = self._lm.tokenizer.eot_id
         # The batch is every slot 0..n-1, so attention reads cache views, never gathered copies. A row
         # that is not decoding (still prefilling, or done) feeds a dummy token at its next free position,
         # which its next prefill chunk overwrites (or nobody reads); its output is ignored.
-        tokens = torch.tensor([[s.result.ids[-1] if s.state == "decode" else eot] for s in rows], device=device)
+        tokens = torch.tensor([[s.result.ids[-1] if s.state == "decode" else 0] for s in rows], device=device)
         positions = torch.tensor([s.length for s in rows], device=device)
         span = int(positions.max()) + 1
         mask = (torch.arange(span, device=device)[None, :] <= positions[:, None])[:, None, None, :]
