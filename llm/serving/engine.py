@@ -278,16 +278,20 @@ class GenerationEngine:
         mask = (torch.arange(span, device=device)[None, :] <= positions[:, None])[:, None, None, :]
         h = model.transform(tokens, positions[:, None], self._cache.decode_view(positions, span), mask, False)
         logits = model.lm_head(h[live, -1])
+        greedy = logits.argmax(dim=-1).tolist()  # one op for every greedy row; sampled rows draw their own
         self.steps += 1
         for j, i in enumerate(live):
-            self._accept(rows[i], logits[j:j + 1])
+            self._accept(rows[i], logits[j:j + 1], greedy[j])
 
-    def _accept(self, seq: _Sequence, logits: torch.Tensor) -> None:
+    def _accept(self, seq: _Sequence, logits: torch.Tensor, argmax: int | None = None) -> None:
         """Sample the next token of `seq` from its logits (1, vocab), stream its text, decide if it ends."""
         if seq.settings.max_new_tokens == 0:
             self._end(seq, "length")
             return
-        token = int(sample_next(logits, seq.settings, seq.generator)[0])
+        if seq.settings.temperature == 0 and argmax is not None:
+            token = argmax
+        else:
+            token = int(sample_next(logits, seq.settings, seq.generator)[0])
         if token == seq.lm.tokenizer.eot_id:
             self._end(seq, "eot")
             return
