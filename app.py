@@ -143,8 +143,8 @@ async def _assistant(message: cl.Message):
     stream = await chat.open_answer(runtime, message.content, settings, conversation)
     cl.user_session.set("stream", stream)
     notice = None
-    if stream.ahead:
-        notice = cl.Message(content=chat.busy_notice(stream.ahead))
+    if stream.queue_position:
+        notice = cl.Message(content=chat.busy_notice(stream.queue_position))
         await notice.send()
     reply = cl.Message(content="")
     async for piece in stream:

@@ -163,7 +163,7 @@ async def test_busy_users_are_told_how_many_are_ahead(make_runtime, monkeypatch)
         await app.on_settings_update({**chat.DEFAULT_SETTINGS, "max_new_tokens": 4})
         await user_says("and me?")
     texts = sent_texts(em2)
-    assert "1 request ahead of you" in texts[0]
+    assert "you are number 1 in the queue" in texts[0]
     assert em2.delete_step.await_count == 1  # the notice goes once the answer starts
     assert texts[-1]  # and the answer came
     await asyncio.wait_for(first, 10)

@@ -52,8 +52,8 @@ def loading_notice(mode: str) -> str:
             "Type your message now: it is answered as soon as the model is ready.")
 
 
-def busy_notice(ahead: int) -> str:
-    return (f"⏳ Busy: {ahead} request{'s' if ahead != 1 else ''} ahead of you. "
+def busy_notice(place: int) -> str:
+    return (f"⏳ Busy: every slot is answering someone else, and you are number {place} in the queue. "
             "Your answer starts here when its turn comes.")
 
 

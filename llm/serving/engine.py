@@ -122,10 +122,12 @@ class GenerationEngine:
             item.cancelled = True
             self._lock.notify()
 
-    def ahead_of(self, seq: _Sequence) -> int:
-        """Requests ahead of `seq` in the queue (0 once it runs)."""
+    def queue_position(self, seq: _Sequence) -> int:
+        """0 if `seq` runs now or at the next iteration (a slot is free for it), else its place in line (1, 2, ...)."""
         with self._lock:
-            return next((i + 1 for i, s in enumerate(self._waiting) if s is seq), 0)
+            place = next((i + 1 for i, s in enumerate(self._waiting) if s is seq), 0)
+            free = (self._cache.slots if self._cache is not None else self.limits.max_running) - len(self._running)
+            return max(0, place - free)
 
     def stats(self) -> dict:
         slots = self._cache.slots if self._cache is not None else None
@@ -399,9 +401,9 @@ class Stream:
         return len(self._seq.prompt)
 
     @property
-    def ahead(self) -> int:
-        """Requests queued ahead of this one (0 once it runs)."""
-        return 0 if self.started.is_set() else self.engine.ahead_of(self._seq)
+    def queue_position(self) -> int:
+        """0 when it runs (or is about to), else its place in the queue for a free slot."""
+        return 0 if self.started.is_set() else self.engine.queue_position(self._seq)
 
     def cancel(self) -> None:
         if self.result is None:

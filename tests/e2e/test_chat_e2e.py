@@ -1,8 +1,10 @@
 """End to end: `chainlit run app.py --headless` with small checkpoints made here, driven in a real
 headless Chromium (Debian's /usr/bin/chromium through Playwright; no browser download).
 
-Assistant: a message gets a reply that the browser sees grow piece by piece (streamed).
-Spam check: "WINNER!! ..." gets a verdict with a probability. A screenshot of each lands in
+Fresh server: a message typed the moment the page opens (models possibly still loading) is answered.
+Assistant: a message gets a reply that the browser sees grow piece by piece (streamed); four sessions
+at once all stream (the engine batches them). Spam check: "WINNER!! ..." gets a verdict with a
+probability; a 2,000-row upload shows its progress, then the labelled CSV. A screenshot of each lands in
 $LLM_E2E_SCREENSHOTS (default: the test's tmp dir); LLM_E2E_REAL_CHECKPOINTS=1 uses the trained
 checkpoints/spam and checkpoints/instruct instead of tiny random ones (for the README's screenshots).
 """
@@ -34,13 +36,16 @@ USER_MSG = '.step[data-step-type="user_message"]'
 SPAM_TEXT = "WINNER!! Claim your £900 prize now, call 09061701461"
 
 
+EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"  # so screenshots show the 🔴/🟢 users see
+
+
 def ensure_chromium() -> str:
-    if Path(CHROMIUM).exists():
+    if Path(CHROMIUM).exists() and (Path(EMOJI_FONT).exists() or os.geteuid() != 0):
         return CHROMIUM
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         pytest.skip(f"{CHROMIUM} missing and not root to apt-get it: apt-get install -y chromium")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
+    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium", "fonts-noto-color-emoji"]):
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
             pytest.skip(f"could not install chromium ({' '.join(cmd)} failed): {r.stderr[-500:]}")
@@ -95,12 +100,12 @@ def chainlit_url(tmp_path_factory, tokenizer):  # `tokenizer` skips the module w
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
-        while True:
+        while True:  # the moment the server answers at all (the models may still be loading)
             if proc.poll() is not None:
                 raise RuntimeError(f"chainlit exited with {proc.returncode}:\n{(work / 'server.log').read_text()}")
             try:
-                with urllib.request.urlopen(url + "/ready", timeout=2) as r:
-                    assert r.status == 200  # both checkpoints found
+                with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                    assert r.status == 200
                 break
             except OSError:
                 if time.monotonic() > deadline:
@@ -137,6 +142,25 @@ def chat_page(chromium_browser, chainlit_url):
     ctx.close()
 
 
+def wait_ready(url: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/ready", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the models did not load in 60 s"
+        time.sleep(0.1)
+
+
+RECORD_RENDERS = """() => { window.__renders = [];
+    new MutationObserver(() => { const m = [...document.querySelectorAll('%s')].pop();
+        if (m) { const t = m.innerText.trim(); if (t && window.__renders.at(-1) !== t) window.__renders.push(t); } })
+      .observe(document.body, {subtree: true, childList: true, characterData: true}); }""" % ASSISTANT_MSG
+
+
 def select_profile(page, name: str, confirm: bool) -> None:
     from playwright.sync_api import expect
 
@@ -156,6 +180,18 @@ def send(page, text: str) -> None:
     box.press("Enter")
 
 
+def test_a_message_typed_the_moment_the_page_opens_is_answered(chat_page, chainlit_url):
+    """First test on a fresh server: no waiting for /ready, the message is sent as soon as the box takes it."""
+    from playwright.sync_api import expect
+
+    page = chat_page
+    page.goto("/")
+    send(page, SPAM_TEXT)
+    expect(page.locator(USER_MSG).last).to_contain_text("WINNER!!")
+    expect(page.locator(ASSISTANT_MSG).last).to_contain_text(re.compile(r"(Spam|Ham) — \d{1,3}\.\d% spam probability"))
+    wait_ready(chainlit_url)
+
+
 def test_assistant_streams_then_spam_check_verdict(chat_page, tmp_path):
     from playwright.sync_api import expect
 
@@ -168,10 +204,7 @@ def test_assistant_streams_then_spam_check_verdict(chat_page, tmp_path):
     select_profile(page, "Assistant", confirm=False)
     expect(page.locator("#chat-settings-open-modal")).to_be_visible()  # the Assistant session has started
     # Record every text the reply bubble shows while it grows: streaming means several distinct renders.
-    page.evaluate("""() => { window.__renders = [];
-        new MutationObserver(() => { const m = [...document.querySelectorAll('%s')].pop();
-            if (m) { const t = m.innerText.trim(); if (t && window.__renders.at(-1) !== t) window.__renders.push(t); } })
-          .observe(document.body, {subtree: true, childList: true, characterData: true}); }""" % ASSISTANT_MSG)
+    page.evaluate(RECORD_RENDERS)
     send(page, "Give me three tips for staying healthy.")
     expect(page.locator(USER_MSG).last).to_contain_text("three tips")
     expect(page.locator(ASSISTANT_MSG).last).not_to_be_empty()
@@ -190,3 +223,62 @@ def test_assistant_streams_then_spam_check_verdict(chat_page, tmp_path):
     expect(verdict).to_contain_text(re.compile(r"(Spam|Ham) — \d{1,3}\.\d% spam probability"))
     page.screenshot(path=shots / "spam_check.png")
     assert (shots / "spam_check.png").stat().st_size > 10_000
+
+
+def test_four_assistant_sessions_stream_at_once(chromium_browser, chainlit_url, tmp_path):
+    """Four people ask at the same moment: every one of them sees an answer grow piece by piece."""
+    from playwright.sync_api import expect
+
+    contexts = [chromium_browser.new_context(base_url=chainlit_url, viewport={"width": 1000, "height": 700})
+                for _ in range(4)]
+    try:
+        pages = [c.new_page() for c in contexts]
+        for page in pages:
+            page.goto("/")
+            select_profile(page, "Assistant", confirm=False)
+            expect(page.locator("#chat-settings-open-modal")).to_be_visible()
+            page.evaluate(RECORD_RENDERS)
+        for i, page in enumerate(pages):  # fill all, then press Enter in each as fast as possible
+            page.locator("#chat-input").fill(f"Tell me a long story about dragon number {i}.")
+        for page in pages:
+            page.locator("#chat-input").press("Enter")
+        overlap = 0
+        for page in pages:  # while the first answers still stream, the others are streaming too
+            overlap += page.locator("#stop-button").count()
+        for page in pages:
+            expect(page.locator("#stop-button")).to_have_count(0, timeout=60_000)
+            renders = page.evaluate("window.__renders")
+            assert len(renders) >= 3, renders
+        assert overlap >= 2, "the four answers did not run at the same time"
+        pages[-1].screenshot(path=tmp_path / "four_sessions.png")
+    finally:
+        for c in contexts:
+            c.close()
+
+
+def test_a_2000_row_upload_shows_progress(chat_page, tmp_path):
+    from playwright.sync_api import expect
+
+    shots = Path(os.environ.get("LLM_E2E_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    rows = ["text"] + [f'"Message {i}: WINNER!! claim your prize, call 0906{i:07d}"' if i % 5 == 0
+                       else f'"Message {i}: see you at {i % 12 + 1} tonight"' for i in range(2000)]
+    upload = tmp_path / "inbox.csv"
+    upload.write_text("\n".join(rows) + "\n")
+    page = chat_page
+    page.goto("/")
+    send(page, "see you at 7")  # the session is up once its verdict is back
+    expect(page.locator(ASSISTANT_MSG).last).to_contain_text("spam probability")
+    page.evaluate(RECORD_RENDERS)
+    page.locator("#upload-button-input").set_input_files(str(upload))
+    expect(page.locator("#message-composer")).to_contain_text("inbox.csv")  # the attachment chip
+    expect(page.locator("#chat-submit")).to_be_enabled()
+    page.locator("#chat-submit").click()
+    expect(page.locator(ASSISTANT_MSG).last).to_contain_text("classified", timeout=60_000)
+    page.screenshot(path=shots / "upload_progress.png")  # mid-way with a real model; done already with a tiny one
+    expect(page.locator(ASSISTANT_MSG).last).to_contain_text("2,000 messages classified", timeout=120_000)
+    expect(page.get_by_text("inbox-labelled.csv")).to_be_visible()
+    renders = page.evaluate("window.__renders")
+    progress = [r for r in renders if re.search(r"[\d,]+ / 2,000 messages classified", r)]
+    assert len(progress) >= 2, renders  # the count moved while it ran
+    page.screenshot(path=shots / "upload_done.png")
