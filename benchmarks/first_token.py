@@ -2,8 +2,9 @@
 
     flock /tmp/cpu-heavy.lock python benchmarks/first_token.py [--checkpoint DIR] [--runs 10]
 
-Goes through the app's own path: `llm.router.stream_answer` (worker thread + asyncio queue)
-over `InstructionModel.stream`, with a ~100-token prompt (Alpaca template included). The model is
+Goes through the app's own path: `llm.serving.chat.open_answer` on a serving runtime (the
+continuous-batching engine's scheduler thread, pieces handed to the event loop), with a ~100-token
+prompt (Alpaca template included). The model is
 checkpoints/instruct when it exists (or --checkpoint), else the gpt2-mini base from $LLM_TEST_BASE
 (or ../shared/models/gpt2-mini) wrapped as an InstructionModel: same shape, same code path.
 Loading happens once, before timing, as in the app (models are loaded once per process).
@@ -18,7 +19,6 @@ import os
 import platform
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -28,10 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 if (ROOT.parent / "shared/data/gpt2").is_dir():  # offline tokenizer files beside the checkout
     os.environ.setdefault("LLM_BPE_DIR", str(ROOT.parent / "shared/data/gpt2"))
-from llm import router  # noqa: E402
 from llm.instruct import InstructionModel  # noqa: E402
 from llm.prompt import format_prompt  # noqa: E402
 from llm.tokenizer import get_tokenizer  # noqa: E402
+from llm.serving import chat  # noqa: E402
+from llm.serving.registry import INSTRUCT_MODEL_ID, ModelSpec  # noqa: E402
+from llm.serving.runtime import Runtime  # noqa: E402
 from llm.weights import load_model  # noqa: E402
 
 INSTRUCTION = ("Summarize the following paragraph in one sentence for a busy reader, keeping the key facts: "
@@ -49,15 +51,20 @@ def load(checkpoint: str | None) -> tuple[InstructionModel, str]:
     return InstructionModel(model, get_tokenizer(), config), f"{base} (base as a stand-in for checkpoints/instruct)"
 
 
-async def first_token_seconds(im: InstructionModel, settings) -> tuple[float, float, int]:
+async def first_token_seconds(runtime: Runtime, settings) -> tuple[float, float, int]:
     """(seconds to the first piece, seconds to the end, pieces) for one answer through the app's path."""
     start = time.perf_counter()
     first, n = None, 0
-    async for _ in router.stream_answer(im, INSTRUCTION, settings, router.Conversation(), threading.Event()):
+    async for _ in await chat.open_answer(runtime, INSTRUCTION, settings, chat.Conversation()):
         if first is None:
             first = time.perf_counter() - start
         n += 1
     return first, time.perf_counter() - start, n
+
+
+async def measure(runtime: Runtime, settings, runs: int):
+    warm = await first_token_seconds(runtime, settings)  # first call after loading: allocator/kernels warm up
+    return warm, [await first_token_seconds(runtime, settings) for _ in range(runs)]
 
 
 def main() -> int:
@@ -69,12 +76,14 @@ def main() -> int:
     args = p.parse_args()
     im, source = load(args.checkpoint)
     prompt_tokens = len(im.tokenizer.encode(format_prompt(INSTRUCTION)))
-    settings = router.generation_settings({"max_new_tokens": args.max_new_tokens})
-    warm = asyncio.run(first_token_seconds(im, settings))  # first call after loading: allocator/kernels warm up
-    runs = [asyncio.run(first_token_seconds(im, settings)) for _ in range(args.runs)]
+    settings = chat.generation_settings({"max_new_tokens": args.max_new_tokens})
+    runtime = Runtime([ModelSpec(INSTRUCT_MODEL_ID, "assistant", lambda: Path(source), "", lambda: im)])
+    runtime.registry.load(INSTRUCT_MODEL_ID)  # as the app does at start-up: loaded and warmed before anyone asks
+    warm, runs = asyncio.run(measure(runtime, settings, args.runs))
+    runtime.close()
     ttft = sorted(r[0] for r in runs)
     result = {
-        "benchmark": "time to first streamed token, Assistant mode (router.stream_answer -> InstructionModel.stream)",
+        "benchmark": "time to first streamed token, Assistant mode (chat.open_answer -> serving engine)",
         "model": source, "parameters": sum(t.numel() for t in im.model.parameters()),
         "prompt_tokens": prompt_tokens, "runs": args.runs, "device": "cpu",
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "platform": platform.platform(),

@@ -2,7 +2,7 @@
 
     flock /tmp/cpu-heavy.lock python benchmarks/load_test.py --base ../shared/models/gpt2-mini
 
-Starts `python -m llm.api` as its own process on a free 127.0.0.1 port (the client runs in this one),
+Starts `python -m llm.serving.http` as its own process on a free 127.0.0.1 port (the client runs in this one),
 waits until /health says both models are ready, then sends a fixed mix of requests from
 `--clients` concurrent clients: /v1/classify (1-8 texts), chat completions (plain) and chat
 completions (streamed). Every response is validated (status, JSON shape, SSE framing, [DONE]).
@@ -147,7 +147,7 @@ def main() -> int:
     p.add_argument("--base", default=os.environ.get("LLM_TEST_BASE"), help="base model to build both checkpoints from (default: $LLM_TEST_BASE)")
     p.add_argument("--spam-checkpoint", default=None)
     p.add_argument("--instruct-checkpoint", default=None)
-    p.add_argument("--clients", type=int, default=50)
+    p.add_argument("--clients", type=int, default=64)
     p.add_argument("--requests", type=int, default=500)
     p.add_argument("--mix", default="0.8,0.1,0.1", help="weights of classify, chat, chat_stream (default: %(default)s)")
     p.add_argument("--max-tokens", type=int, default=16, help="max_tokens of each chat request")
@@ -170,7 +170,7 @@ def main() -> int:
 
     port, key = free_port(), "load-test-key"
     env = {**os.environ, "LLM_API_KEY": key, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "llm.api", "--host", "127.0.0.1", "--port", str(port), "--spam-checkpoint", str(spam),
+    cmd = [sys.executable, "-m", "llm.serving.http", "--host", "127.0.0.1", "--port", str(port), "--spam-checkpoint", str(spam),
            "--instruct-checkpoint", str(instruct), "--device", "cpu", "--threads", str(args.threads)]
     if args.bpe_dir:
         cmd += ["--bpe-dir", args.bpe_dir]
@@ -187,7 +187,7 @@ def main() -> int:
                 h = httpx.get(url + "/health", timeout=5).json()
                 if h["status"] == "ok":
                     break
-                failed = {k: m["error"] for k, m in h["models"].items() if not m["ready"] and m["error"] != "not loaded yet"}
+                failed = {k: m["error"] for k, m in h["models"].items() if not m["ready"] and not m["loading"]}
                 if failed:
                     print(f"server up but models failed to load: {failed}", file=sys.stderr)
                     return 1
@@ -247,7 +247,7 @@ def main() -> int:
         if s["n"]:
             lines.append(f"| {kind} | {s['n']} | {s['p50_s']:.3f} | {s['p95_s']:.3f} | {s['p99_s']:.3f} | {s['max_s']:.3f} |")
     if by_kind["chat_stream"]["n"]:
-        lines += ["", "Streaming time to first byte (the role chunk, sent before the request waits for a generation slot): "
+        lines += ["", "Streaming time to first byte (the role chunk, sent once the request is in the engine's queue): "
                       f"p50 {by_kind['chat_stream']['ttfb_p50_s']:.3f} s, "
                       f"p95 {by_kind['chat_stream']['ttfb_p95_s']:.3f} s."]
     lines += ["", f"Models: spam {report['models']['spam']}; instruct {report['models']['instruct']}. "

@@ -27,26 +27,23 @@ from typing import Callable, Sequence
 SKIP_ENV = "LLM_SKIP_TRAINING"
 
 
-def checkpoint_ready(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
-
-
 def _flags(**kv) -> list[str]:
     return [x for k, v in kv.items() if v for x in (f"--{k.replace('_', '-')}", str(v))]
 
 
 def plan(args) -> list[tuple[str, Path, list[tuple[str, list[str]]]]]:
     """(what, checkpoint, [(module, argv), ...]) for every missing checkpoint."""
-    from llm import instruct, spam
+    from llm.serving.registry import INSTRUCT_MODEL_ID, SPAM_MODEL_ID, checkpoint_ready, default_specs
 
     todo = []
-    spam_ckpt = spam.checkpoint_path(None)
+    where = {spec.model_id: spec.checkpoint() for spec in default_specs()}  # the paths the app will load
+    spam_ckpt = where[SPAM_MODEL_ID]
     if not checkpoint_ready(spam_ckpt):
         todo.append(("spam classifier", spam_ckpt, [
             ("finetune.spam", ["prepare", *_flags(sms_data=args.sms_data)]),
             ("finetune.spam", ["train", "--out", str(spam_ckpt), *_flags(base=args.base)]),
         ]))
-    inst_ckpt = Path(os.environ.get(instruct.CHECKPOINT_ENV) or instruct.DEFAULT_CHECKPOINT)
+    inst_ckpt = where[INSTRUCT_MODEL_ID]
     if not checkpoint_ready(inst_ckpt):
         todo.append(("assistant", inst_ckpt, [
             ("finetune.instruct", ["train", "--out", str(inst_ckpt),

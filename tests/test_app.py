@@ -8,7 +8,6 @@ import io
 import os
 import sys
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from unittest.mock import AsyncMock, Mock

@@ -9,6 +9,7 @@ The chat app and the HTTP API both call these few methods; neither owns a model,
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 from llm.generate import GenerationSettings
@@ -22,10 +23,21 @@ __all__ = ["Runtime", "ModelUnavailable", "get_runtime"]
 
 class Runtime:
     def __init__(self, specs: list[ModelSpec], limits: EngineLimits | None = None, load_now: bool = True):
-        self.registry = ModelRegistry(specs)
         self.engine = GenerationEngine(limits or EngineLimits.from_env())
+        self.registry = ModelRegistry([replace(s, loader=self._warmed(s.loader)) if s.model_id == INSTRUCT_MODEL_ID
+                                       else s for s in specs])
         if load_now:
             self.registry.start()
+
+    def _warmed(self, load):
+        """The instruction model's loader, followed by one token through the engine: that allocates the KV
+        cache and warms the kernels while the model counts as loading, not during the first user's answer."""
+        def load_and_warm():
+            lm = load()
+            if lm is not None:
+                self.engine.generate(lm, [lm.tokenizer.eot_id], GenerationSettings(max_new_tokens=1))
+            return lm
+        return load_and_warm
 
     @classmethod
     def from_env(cls, spam_checkpoint=None, instruct_checkpoint=None, device=None, precision=None, bpe_dir=None,
