@@ -24,13 +24,14 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any, Callable
 
 import torch
 
 from llm.generate import GenerationResult, GenerationSettings, TextStream, fit_prompt, sample_next
 from llm.serving.kv import SlotCache, slots_for
 from llm.serving.limits import EngineLimits
+from llm.serving.stream import Stream, call_soon
 
 log = logging.getLogger("llm.serving")
 
@@ -144,7 +145,7 @@ class GenerationEngine:
             self._thread.join(timeout=10)
 
     # ------------------------------------------------------------------ async conveniences
-    def stream(self, lm, prompt_ids: list[int], settings: GenerationSettings) -> "Stream":
+    def stream(self, lm, prompt_ids: list[int], settings: GenerationSettings) -> Stream:
         """Submit from the event loop; iterate the returned Stream for the text pieces."""
         return Stream(self, lm, prompt_ids, settings)
 
@@ -156,7 +157,7 @@ class GenerationEngine:
             def deliver():
                 if not future.done():
                     future.set_exception(value) if kind == "error" else future.set_result(value)
-            _call_soon(loop, deliver)
+            call_soon(loop, deliver)
 
         job = self.submit_classify(classifier, texts, sink)
         try:
@@ -369,61 +370,3 @@ class GenerationEngine:
         if job in self._jobs:
             self._jobs.remove(job)
             self._queued_texts -= len(job.texts) - len(job.results)
-
-
-def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
-    try:
-        loop.call_soon_threadsafe(fn)
-    except RuntimeError:  # the loop is closed: nobody is listening any more
-        pass
-
-
-class Stream:
-    """One generation seen from the event loop: `async for piece in stream`, then `stream.result`.
-
-    Leaving the loop early (break, an exception, the task cancelled, a client gone) cancels the
-    request in the engine, which frees its slot at the next iteration.
-    """
-
-    def __init__(self, engine: GenerationEngine, lm, prompt_ids: list[int], settings: GenerationSettings):
-        self.engine, self._loop = engine, asyncio.get_running_loop()
-        self._queue: asyncio.Queue = asyncio.Queue()
-        self.started = asyncio.Event()
-        self.result: GenerationResult | None = None
-        self._seq = engine.submit(lm, prompt_ids, settings, self._sink)
-
-    def _sink(self, kind: str, value) -> None:  # scheduler thread
-        _call_soon(self._loop, lambda: self._queue.put_nowait((kind, value)))
-
-    @property
-    def prompt_tokens(self) -> int:
-        """Tokens of the prompt as the model reads it (after fitting the context)."""
-        return len(self._seq.prompt)
-
-    @property
-    def queue_position(self) -> int:
-        """0 when it runs (or is about to), else its place in the queue for a free slot."""
-        return 0 if self.started.is_set() else self.engine.queue_position(self._seq)
-
-    def cancel(self) -> None:
-        if self.result is None:
-            self.engine.cancel(self._seq)
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._pieces()
-
-    async def _pieces(self) -> AsyncIterator[str]:
-        try:
-            while True:
-                kind, value = await self._queue.get()
-                if kind == "text":
-                    yield value
-                elif kind == "started":
-                    self.started.set()
-                elif kind == "error":
-                    raise value
-                else:
-                    self.result = value
-                    return
-        finally:
-            self.cancel()

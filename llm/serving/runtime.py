@@ -13,7 +13,8 @@ from dataclasses import replace
 from typing import Sequence
 
 from llm.generate import GenerationSettings
-from llm.serving.engine import GenerationEngine, Stream
+from llm.serving.engine import GenerationEngine
+from llm.serving.stream import Stream
 from llm.serving.limits import EngineLimits
 from llm.serving.registry import (INSTRUCT_MODEL_ID, SPAM_MODEL_ID, ModelRegistry, ModelSpec, ModelUnavailable,
                                   default_specs)
