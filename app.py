@@ -20,7 +20,7 @@ from llm.serving import chat
 from llm.serving.chat import ASSISTANT_MODE, SPAM_MODE
 from llm.serving.engine import EngineBusy
 from llm.serving.limits import MAX_NEW_TOKENS
-from llm.serving.runtime import ModelUnavailable, get_runtime
+from llm.serving.runtime import ContextOverflow, ModelUnavailable, get_runtime
 
 runtime = get_runtime()  # loads both models in the background, now
 
@@ -101,7 +101,7 @@ async def on_message(message: cl.Message):
             await _spam(message)
         else:
             await _assistant(message)
-    except chat.InputError as e:
+    except (chat.InputError, ContextOverflow) as e:
         await cl.Message(content=f"⚠️ {e}").send()
     except ModelUnavailable as e:
         await cl.Message(content=chat.unavailable_reply(e)).send()

@@ -98,10 +98,11 @@ class OneAtATime:
     """One generation at a time in a worker thread (the old GenerationPool with max_generations=1)."""
 
     def __init__(self, lm):
-        self.lm, self.sem = lm, None
+        self.lm, self.sem, self.loop = lm, None, None
 
     async def stream(self, ids, new_tokens):
-        self.sem = self.sem or asyncio.Semaphore(1)
+        if self.loop is not asyncio.get_running_loop():  # each load runs in its own event loop
+            self.sem, self.loop = asyncio.Semaphore(1), asyncio.get_running_loop()
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
         async with self.sem:
             def work():
@@ -114,6 +115,19 @@ class OneAtATime:
 
     def close(self):
         pass
+
+
+def raw_decode_tok_s(model, batch: int, past: int = 200, steps: int = 20) -> float:
+    """Tokens/s of the bare model decoding `batch` rows (one KV cache, no scheduler, no sampling): the bound
+    any scheduler's aggregate decode rate stays under on this machine, for the batch it runs."""
+    with torch.inference_mode():
+        cache = model.new_cache(batch, past + steps + 5)
+        model(torch.randint(0, 50000, (batch, past)), cache=cache, last_only=True)
+        model(torch.randint(0, 50000, (batch, 1)), cache=cache, last_only=True)
+        start = time.perf_counter()
+        for _ in range(steps):
+            model(torch.randint(0, 50000, (batch, 1)), cache=cache, last_only=True)
+        return batch * steps / (time.perf_counter() - start)
 
 
 # ----------------------------------------------------------------------------- the load
@@ -152,7 +166,7 @@ def main(argv=None) -> int:
     p.add_argument("--base", default=os.environ.get("LLM_TEST_BASE") or str(SHARED / "models/gpt2-mini"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16, 32])
-    p.add_argument("--requests", type=int, default=2, help="requests per client, one after another (default: %(default)s)")
+    p.add_argument("--requests", type=int, default=4, help="requests per client, one after another (default: %(default)s)")
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--systems", nargs="+", default=["engine", "one-at-a-time", "transformers"],
                    choices=["engine", "one-at-a-time", "transformers"])
@@ -163,7 +177,7 @@ def main(argv=None) -> int:
     tokenizer = get_tokenizer()
     no_stop = NoStop(tokenizer)
     prompts = make_prompts(tokenizer, 256)
-    rows = []
+    rows, bounds = [], {}
 
     def count_text(pieces):
         return len(tokenizer.encode("".join(pieces)))
@@ -183,6 +197,9 @@ def main(argv=None) -> int:
             else:
                 model, _ = load_model(args.base, "cpu", precision)
                 lm = LM(model, no_stop)
+                if system_name == "engine":
+                    bounds[precision] = {n: round(raw_decode_tok_s(model, n), 1) for n in args.clients}
+                    print(f"bare model decode tok/s by batch ({precision}): {bounds[precision]}", flush=True)
                 system = EngineSystem(lm, max(args.clients)) if system_name == "engine" else OneAtATime(lm)
                 count, closer = count_text, system.close
             asyncio.run(run_load(system, prompts, 1, 2, 16, count))  # warm-up
@@ -192,11 +209,11 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             closer()
-    write_results(rows, args)
+    write_results(rows, bounds, args)
     return 0
 
 
-def write_results(rows, args) -> None:
+def write_results(rows, bounds, args) -> None:
     base1 = {(r["system"], r["precision"]): r["aggregate_tok_s"] for r in rows if r["clients"] == 1}
     peer = {r["clients"]: r["aggregate_tok_s"] for r in rows if r["system"] == "transformers"}
     for r in rows:
@@ -205,6 +222,7 @@ def write_results(rows, args) -> None:
         r["vs_transformers"] = round(r["aggregate_tok_s"] / peer[r["clients"]], 2) if r["clients"] in peer else None
     meta = {"base": args.base, "threads": args.threads, "new_tokens": args.new_tokens,
             "requests_per_client": args.requests, "cpu": platform.processor() or platform.machine(),
+            "bare_model_decode_tok_s": bounds,
             "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "date": time.strftime("%Y-%m-%d")}
     out = Path(args.out)
@@ -218,6 +236,11 @@ def write_results(rows, args) -> None:
         lines.append(f"| {r['system']} | {r['precision']} | {r['clients']} | {r['aggregate_tok_s']} | "
                      f"{r['vs_own_single_stream']}x | {r['vs_transformers'] or '—'}{'x' if r['vs_transformers'] else ''} | "
                      f"{r['per_stream_tok_s']} | {r['ttft_p50_s']} s | {r['ttft_p95_s']} s | {r['latency_p95_s']} s |")
+    for precision, by_n in bounds.items():
+        one = by_n.get(1) or next(iter(by_n.values()))
+        lines += ["", f"Bare model decode ({precision}, one KV cache, no scheduler): " + ", ".join(
+            f"batch {n}: {v} tok/s ({v / one:.2f}x batch 1)" for n, v in by_n.items())
+            + ". The engine's aggregate rate stays under this bound; its ratios over 1 client cannot exceed these."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     plot(rows, out.with_suffix(".png"))
     print("\n".join(lines))

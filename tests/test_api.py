@@ -208,6 +208,19 @@ BAD_CHAT = {
     "empty stop string": {"messages": USER, "stop": [""]},
     "stream not bool": {"messages": USER, "stream": "sometimes"},
     "unknown field": {"messages": USER, "presence_penalty": 0.5},
+    # numbers outside what the sampler takes (a 500 before the ranges were checked)
+    "seed over 64 bits": {"messages": USER, "seed": 2**64},
+    "negative seed": {"messages": USER, "seed": -1},
+    "top_k 0": {"messages": USER, "top_k": 0},
+    "temperature 3": {"messages": USER, "temperature": 3},
+    # loosely typed fields, refused as OpenAI refuses them
+    "max_tokens as a string": {"messages": USER, "max_tokens": "8"},
+    "max_tokens as a float": {"messages": USER, "max_tokens": 8.0},
+    "stream as 1": {"messages": USER, "stream": 1},
+    "seed as a string": {"messages": USER, "seed": "7"},
+    "content parts over the message limit": {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "a" * 3_000}, {"type": "text", "text": "b" * 3_000}]}]},
+    "too many content parts": {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}] * 65}]},
 }
 
 
@@ -235,6 +248,25 @@ def test_missing_checkpoint_means_not_ready_and_503_naming_the_command(spam_clie
     runtime.close()
 
 
+def test_a_number_is_a_valid_temperature_and_the_error_never_echoes_a_field_name(client):
+    r = client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 2, "temperature": 1, "seed": 2**63 - 1})
+    assert r.status_code == 200, r.text
+    err = assert_error(client.post("/v1/chat/completions", json={"messages": USER, "x" * 100_000: 1}), (400, 400))
+    assert "xxxxxxxxxx" in err["message"] and len(err["message"]) < 300
+
+
+def test_a_long_prompt_makes_room_by_asking_fewer_tokens_not_by_cutting_the_question(client):
+    """No max_tokens: as many as fit (the question is never dropped). An explicit max_tokens that cannot fit: 400."""
+    long = "7 " * 900  # 900 tokens of a 1,024-token context
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": long}]})
+    assert r.status_code == 200, r.text
+    usage = r.json()["usage"]
+    assert usage["prompt_tokens"] > 900 and usage["total_tokens"] <= 1024
+    err = assert_error(client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": long}],
+                                                                  "max_tokens": 500}), (400, 400), "at most 1,024 tokens")
+    assert err["code"] == "context_length_exceeded"
+
+
 def test_api_key(spam_ckpt):
     runtime = runtime_of(spam_loader(spam_ckpt), lambda: None)
     with fastapi_testclient.TestClient(api.create_app(runtime, api_key="s3cret")) as c:
@@ -244,6 +276,9 @@ def test_api_key(spam_ckpt):
         assert c.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         r = c.post("/v1/classify", json={"texts": ["hi"]}, headers={"X-API-Key": "s3cret"})
         assert r.status_code == 200 and r.json()["data"][0]["label"] in ("spam", "ham")
+        # the key is checked before the body is read: no key, no parsing, no 413 either
+        assert_error(c.post("/v1/classify", content=b"{not json", headers={"content-type": "application/json"}), (401, 401))
+        assert_error(c.post("/v1/classify", json={"texts": ["a" * 3_000_000]}), (401, 401))
     runtime.close()
 
 
@@ -358,7 +393,7 @@ def test_client_disconnect_mid_stream_frees_the_slot(live):
     import httpx
     url, app, runtime = live
     headers = {"Authorization": "Bearer k3y"}
-    req = {"messages": USER, "max_tokens": 1000, "stream": True}
+    req = {"messages": USER, "max_tokens": 900, "stream": True}
     steps_before = runtime.engine.steps
     with httpx.Client(timeout=30) as c:
         with c.stream("POST", url + "/v1/chat/completions", json=req, headers=headers) as r:
@@ -371,7 +406,7 @@ def test_client_disconnect_mid_stream_frees_the_slot(live):
     while runtime.engine.stats()["running"] and time.monotonic() < deadline:
         time.sleep(0.02)
     assert runtime.engine.stats()["running"] == 0, "the slot was not given back"
-    assert runtime.engine.steps - steps_before < 900  # the request was cancelled, it did not run to the end
+    assert runtime.engine.steps - steps_before < 800  # the request was cancelled, it did not run to the end
     with httpx.Client(timeout=30) as c:  # and the server keeps serving, with the one slot free
         r = c.post(url + "/v1/chat/completions", json={"messages": USER, "max_tokens": 4}, headers=headers)
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["role"] == "assistant"
@@ -396,3 +431,39 @@ def test_a_full_queue_is_a_429_with_retry_after(spam_ckpt, instruct_ckpt):
         runtime.engine.cancel(blocker), runtime.engine.cancel(queued)
         hold.set()
     runtime.close()
+
+
+def test_the_server_shuts_down_while_a_client_stalls_mid_request(spam_ckpt, instruct_ckpt, tmp_path):
+    """SIGTERM with a client that sent half a body and went quiet: the server waits --shutdown-timeout, then exits."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "LLM_SPAM_CHECKPOINT": str(spam_ckpt), "LLM_INSTRUCT_CHECKPOINT": str(instruct_ckpt)}
+    server = subprocess.Popen([sys.executable, "-m", "llm.serving.http", "--port", str(port), "--device", "cpu",
+                               "--shutdown-timeout", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "the server did not start"
+                time.sleep(0.1)
+        stalled = socket.create_connection(("127.0.0.1", port))
+        stalled.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 100\r\n\r\n{\"texts\": [")  # and nothing more
+        time.sleep(0.3)
+        start = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=15)
+        assert time.monotonic() - start < 10
+        stalled.close()
+    finally:
+        if server.poll() is None:
+            server.kill()

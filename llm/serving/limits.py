@@ -47,6 +47,7 @@ MAX_TEXT_CHARS = 10_000  # one message to classify (the classifier reads its fir
 MAX_TEXTS = 500  # messages classified per request (API) or per paste (app)
 MAX_STOP = 4  # stop sequences per request, as in OpenAI's API
 MAX_STOP_CHARS = 64
+MAX_SEED = 2**63 - 1  # sampling seeds are 0 .. 2^63 - 1 (torch's generator takes 64 bits)
 
 # The app only: a paste holds many messages, and files are uploaded rather than posted as JSON.
 PASTE_MAX_CHARS = 20_000  # one paste in Spam check; longer: upload a file
@@ -57,3 +58,4 @@ HISTORY_EXCHANGES = 1  # earlier (question, answer) pairs the app carries into t
 # The API only: it receives whole conversations in one JSON body.
 MAX_BODY_BYTES = 2 * 1024 * 1024  # any request body; larger -> 413 before parsing
 MAX_MESSAGES = 64  # messages per chat request
+MAX_CONTENT_PARTS = 64  # text parts in one message's content list (their text together: MAX_MESSAGE_CHARS)

@@ -19,7 +19,16 @@ from llm.serving.limits import EngineLimits
 from llm.serving.registry import (INSTRUCT_MODEL_ID, SPAM_MODEL_ID, ModelRegistry, ModelSpec, ModelUnavailable,
                                   default_specs)
 
-__all__ = ["Runtime", "ModelUnavailable", "get_runtime"]
+__all__ = ["Runtime", "ModelUnavailable", "ContextOverflow", "get_runtime"]
+
+
+class ContextOverflow(ValueError):
+    """The prompt plus the tokens asked for do not fit the model's context."""
+
+    def __init__(self, prompt_tokens: int, max_new_tokens: int, context: int):
+        super().__init__(f"The model reads at most {context:,} tokens; this prompt has {prompt_tokens:,} and asks for "
+                         f"{max_new_tokens:,} more. Shorten the message or ask for fewer tokens.")
+        self.prompt_tokens, self.max_new_tokens, self.context = prompt_tokens, max_new_tokens, context
 
 
 class Runtime:
@@ -52,15 +61,24 @@ class Runtime:
         return await self.engine.classify(classifier, list(texts))
 
     async def answer(self, instruction: str, history: Sequence[tuple[str, str]] = (), input: str = "",
-                     settings: GenerationSettings | None = None) -> Stream:
+                     settings: GenerationSettings | None = None, clamp: bool = False) -> Stream:
         """Queue the assistant's answer to `instruction` (after `history`); iterate the Stream for its text.
 
-        Raises ModelUnavailable, or EngineBusy when the queue is full."""
+        The oldest history is dropped first to make room. If the prompt and max_new_tokens still do not fit
+        the context, `clamp` lowers max_new_tokens to what fits (the app); otherwise ContextOverflow is raised
+        (the API, as OpenAI's does). The question itself is never cut. Raises ModelUnavailable, or EngineBusy
+        when the queue is full."""
         from llm.instruct import with_template_stops
 
         lm = await self.registry.get(INSTRUCT_MODEL_ID)
         s = with_template_stops(settings)
-        return self.engine.stream(lm, lm.prompt_ids(instruction, input, list(history), s.max_new_tokens), s)
+        ids = lm.prompt_ids(instruction, input, list(history), s.max_new_tokens)
+        context = lm.model.config.n_positions
+        if len(ids) + s.max_new_tokens > context:
+            if not clamp or len(ids) >= context:
+                raise ContextOverflow(len(ids), s.max_new_tokens, context)
+            s = replace(s, max_new_tokens=context - len(ids))
+        return self.engine.stream(lm, ids, s)
 
     def health(self) -> dict:
         models = self.registry.status()

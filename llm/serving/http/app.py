@@ -26,17 +26,18 @@ import time
 import uuid
 from typing import AsyncIterator
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llm.generate import GenerationSettings
 from llm.serving.engine import EngineBusy
-from llm.serving.http.schemas import ChatCompletionRequest, ClassifyRequest, to_instruction
+from llm.serving.http.schemas import (ChatCompletion, ChatCompletionRequest, ClassifyRequest, ClassifyResponse,
+                                      ModelList, error_responses, to_instruction)
 from llm.serving.limits import DEFAULT_MAX_NEW_TOKENS, MAX_BODY_BYTES
 from llm.serving.registry import INSTRUCT_MODEL_ID, SPAM_MODEL_ID
-from llm.serving.runtime import ModelUnavailable, Runtime
+from llm.serving.runtime import ContextOverflow, ModelUnavailable, Runtime
 
 log = logging.getLogger("llm.api")
 
@@ -59,11 +60,15 @@ def _error_response(status: int, message: str, type_: str, code: str | None = No
     return JSONResponse(error_body(message, type_, code, param), status_code=status, headers=headers)
 
 
+def _short(name: str, n: int = 40) -> str:
+    return name if len(name) <= n else name[:n - 1] + "…"
+
+
 def _describe_validation(errors) -> tuple[int, str, str | None]:
     """Pydantic errors -> (400 as OpenAI answers, one readable line, param). Never echoes the input (it may be 1 MB)."""
     parts, param = [], None
     for e in errors[:5]:
-        loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+        loc = [_short(str(x)) for x in e.get("loc", ()) if x != "body"]  # a field name can be 100,000 characters
         if e.get("type") in ("json_invalid", "json_type"):
             return 400, f"The request body is not valid JSON: {e.get('msg', '')}".rstrip(": "), "json"
         where = ".".join(loc) or "body"
@@ -78,6 +83,26 @@ def _describe_validation(errors) -> tuple[int, str, str | None]:
         parts.append(f"{where}: {msg}")
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
     return 400, "; ".join(parts) + more, param
+
+
+class RequireKey:
+    """ASGI middleware: with a key configured, /v1/* answers 401 unless the request carries it, checked from the
+    headers alone, before the body is read or parsed."""
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key
+
+    async def __call__(self, scope, receive, send):
+        if self.key and scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            auth = headers.get("authorization", "")
+            given = auth[7:].strip() if auth.lower().startswith("bearer ") else headers.get("x-api-key", "")
+            if not hmac.compare_digest(given.encode(), self.key.encode()):
+                denied = _error_response(401, "Missing or wrong API key: send 'Authorization: Bearer <key>' or "
+                                              f"'X-API-Key: <key>' (the server's ${API_KEY_ENV}).",
+                                         "invalid_request_error", "invalid_api_key")
+                return await denied(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 class BodyLimit:
@@ -136,6 +161,10 @@ def create_app(runtime: Runtime | None = None, api_key: str | None = None) -> Fa
         return _error_response(503, f"{e} Retry once it exists; the server picks it up without a restart.",
                                "model_unavailable", "model_not_ready")
 
+    @app.exception_handler(ContextOverflow)
+    async def _overflow(request: Request, e: ContextOverflow):
+        return _error_response(400, str(e), "invalid_request_error", "context_length_exceeded", "messages")
+
     @app.exception_handler(EngineBusy)
     async def _busy(request: Request, e: EngineBusy):
         return _error_response(429, f"The server is busy: {e}", "rate_limit", "busy", headers={"Retry-After": "1"})
@@ -155,46 +184,43 @@ def create_app(runtime: Runtime | None = None, api_key: str | None = None) -> Fa
         return _error_response(e.status_code, detail, "invalid_request_error", None, None,
                                getattr(e, "headers", None))
 
-    async def require_key(request: Request) -> None:
-        if not api_key:
-            return
-        auth = request.headers.get("authorization", "")
-        given = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-        if not hmac.compare_digest(given.encode(), api_key.encode()):
-            raise APIError(401, "Missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>' "
-                                f"(the server's ${API_KEY_ENV}).", "invalid_request_error", "invalid_api_key")
-
     app.add_middleware(BodyLimit)
+    app.add_middleware(RequireKey, key=api_key)  # added last = runs first: no key, no body read
 
     @app.get("/health")
     async def health():
         return runtime.health()
 
-    @app.get("/ready")
+    @app.get("/ready", responses={503: {"description": "a model is not loaded (yet); the body says which and why"}})
     async def ready():
         h = runtime.health()
         return JSONResponse(h, status_code=200 if h["status"] == "ok" else 503)
 
-    @app.get("/v1/models", dependencies=[Depends(require_key)])
+    @app.get("/v1/models", response_model=ModelList, responses=error_responses(401))
     async def models():
         return {"object": "list", "data": [
             {"id": model_id, "object": "model", "created": started, "owned_by": "local", "ready": s["ready"]}
             for model_id, s in runtime.registry.status().items()]}
 
-    @app.post("/v1/classify", dependencies=[Depends(require_key)])
+    @app.post("/v1/classify", response_model=ClassifyResponse, responses=error_responses(400, 401, 413, 429, 503))
     async def classify(req: ClassifyRequest):
         results = await runtime.classify(req.texts)
         return {"object": "list", "model": SPAM_MODEL_ID,
                 "data": [{"index": i, "label": label, "p_spam": round(float(p), 6)}
                          for i, (label, p) in enumerate(results)]}
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
+    @app.post("/v1/chat/completions", response_model=None, responses={
+        200: {"model": ChatCompletion, "content": {"text/event-stream": {"schema": {"type": "string"}}},
+              "description": "a chat.completion, or with stream=true server-sent chat.completion.chunk events"},
+        **error_responses(400, 401, 413, 429, 503)})
     async def chat_completions(req: ChatCompletionRequest):
         instruction, history = to_instruction(req.messages)
         settings = GenerationSettings(max_new_tokens=req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_NEW_TOKENS,
                                       temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, seed=req.seed,
                                       stop_strings=tuple(req.stop or ()))
-        stream = await runtime.answer(instruction, history, settings=settings)
+        # max_tokens not given: as much as fits, up to the default; given: refused if it cannot fit (as OpenAI does)
+        clamp = req.max_tokens is None and req.max_completion_tokens is None
+        stream = await runtime.answer(instruction, history, settings=settings, clamp=clamp)
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
         def usage() -> dict:

@@ -1,29 +1,45 @@
 """The HTTP API's request schemas and how a chat maps onto the instruction model's prompt.
 
-Strict: unknown fields are refused (400) rather than silently ignored. Sizes come from
-`llm.serving.limits`, shared with the chat app.
+Strict, as OpenAI's API is: unknown fields are refused (400) rather than silently ignored, and types are
+not coerced ("8" is not an integer, 1 is not a boolean; an integer is a valid number). Every size and
+range comes from `llm.serving.limits`, shared with the chat app.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from llm.serving.limits import MAX_MESSAGE_CHARS, MAX_MESSAGES, MAX_NEW_TOKENS, MAX_STOP, MAX_STOP_CHARS, MAX_TEXT_CHARS, MAX_TEXTS
+from llm.serving.limits import (MAX_CONTENT_PARTS, MAX_MESSAGE_CHARS, MAX_MESSAGES, MAX_NEW_TOKENS, MAX_SEED, MAX_STOP,
+                                MAX_STOP_CHARS, MAX_TEXT_CHARS, MAX_TEXTS)
 from llm.serving.registry import INSTRUCT_MODEL_ID
 
 
+STRICT = ConfigDict(extra="forbid", strict=True)
+
+
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     type: Literal["text"]
     text: str = Field(max_length=MAX_MESSAGE_CHARS)
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] = Field(max_length=MAX_MESSAGE_CHARS)
+    content: str | list[TextPart] = Field(json_schema_extra={"maxLength": MAX_MESSAGE_CHARS})
     name: str | None = Field(default=None, max_length=64)  # accepted, ignored
+
+    @field_validator("content")
+    @classmethod
+    def _check_size(cls, v):
+        """The message limit holds for the text, whichever form it is sent in."""
+        if isinstance(v, list) and len(v) > MAX_CONTENT_PARTS:
+            raise ValueError(f"at most {MAX_CONTENT_PARTS} content parts per message")
+        size = len(v) if isinstance(v, str) else sum(len(p.text) for p in v)
+        if size > MAX_MESSAGE_CHARS:
+            raise ValueError(f"the text of one message is at most {MAX_MESSAGE_CHARS:,} characters, not {size:,}")
+        return v
 
     @property
     def text(self) -> str:
@@ -31,13 +47,13 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     include_usage: bool = False
 
 
 class ChatCompletionRequest(BaseModel):
     """The subset of OpenAI's chat completion request that a local GPT-2 can honour; unknown fields -> 400."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     model: str = Field(default=INSTRUCT_MODEL_ID, max_length=200)  # any name is accepted; answered by the instruct model
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)  # 0 = greedy (OpenAI's default is 1; greedy suits GPT-2)
@@ -49,7 +65,7 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     user: str | None = Field(default=None, max_length=256)  # accepted, ignored
 
     @field_validator("stop")
@@ -72,9 +88,13 @@ class ChatCompletionRequest(BaseModel):
         return v
 
 
+# Declared in the schema (what a client may send) and checked by the validator below with friendlier messages.
+TEXT_SCHEMA = {"minLength": 1, "maxLength": MAX_TEXT_CHARS, "pattern": r"\S"}
+
+
 class ClassifyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS)
+    model_config = STRICT
+    texts: list[Annotated[str, Field(json_schema_extra=TEXT_SCHEMA)]] = Field(min_length=1, max_length=MAX_TEXTS)
     model: str | None = Field(default=None, max_length=200)  # accepted, ignored
 
     @field_validator("texts")
@@ -107,3 +127,74 @@ def to_instruction(messages: list[ChatMessage]) -> tuple[str, list[tuple[str, st
             pending = None
     last = messages[-1].text
     return (last if pending is None else pending + "\n" + last), history
+
+
+# ----------------------------------------------------------------------------- responses (documented in /openapi.json)
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class Verdict(BaseModel):
+    index: int
+    label: Literal["spam", "ham"]
+    p_spam: float = Field(ge=0.0, le=1.0)
+
+
+class ClassifyResponse(BaseModel):
+    object: Literal["list"]
+    model: str
+    data: list[Verdict]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    ready: bool
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class Choice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+
+
+def error_responses(*codes: int) -> dict:
+    """OpenAPI `responses` for these error statuses, all with the same {"error": {...}} body."""
+    what = {400: "invalid request", 401: "missing or wrong API key", 413: "body too large",
+            429: "busy: retry after the Retry-After header's seconds", 503: "model not available (yet)"}
+    return {code: {"model": ErrorBody, "description": what[code]} for code in codes}
