@@ -11,7 +11,6 @@ The prompt template is `llm/prompt.py`; data, batching and the model the app cal
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import random
@@ -30,7 +29,7 @@ from llm.checkpoint import CheckpointError, save_checkpoint
 from llm.device import pick_device
 from llm.download import DownloadError
 from llm.generate import add_generation_args, add_runtime_args, settings_from_args
-from llm.instruct import (CREATE_HINT, IGNORE_INDEX, InstructionDataError, InstructionModel, batched_loss, collate, token_loss_sum,
+from llm.instruct import (IGNORE_INDEX, InstructionDataError, InstructionModel, batched_loss, collate, token_loss_sum,
                           encode_example, fetch_data, read_entries, split_entries)
 from llm.prompt import STOP_STRINGS, template_metadata
 from llm.tokenizer import TokenizerError, get_tokenizer
@@ -84,7 +83,9 @@ def train(args) -> dict:
     train_ex = [encode_example(tok, e) for e in train_items]
     val_ex = [encode_example(tok, e) for e in val_items]
 
-    model, base_cfg = load_model(resolve_base(args.base), "cpu", "fp32", hint="Pass --base PRESET|DIR or set LLM_BASE.")
+    # task="lm": fine-tuning a classifier's checkpoint would save one that InstructionModel.load refuses.
+    model, base_cfg = load_model(resolve_base(args.base), "cpu", "fp32", hint="Pass --base PRESET|DIR or set LLM_BASE.",
+                                 task="lm")
     if args.lora_rank:
         from llm.lora import apply_lora
         trainable = apply_lora(model, rank=args.lora_rank, alpha=args.lora_alpha)

@@ -3,7 +3,7 @@
     python -m finetune.spam prepare [--sms-data PATH]          # data/sms_spam/{natural,balanced}/*.csv
     python -m finetune.spam train --base gpt2 --out checkpoints/spam
     python -m finetune.spam eval --checkpoint checkpoints/spam  # both test sets + TF-IDF baseline
-    python -m finetune.spam predict [--json] "text" ... | --file messages.csv|txt
+    python -m finetune.spam predict [--json] "text" ... | --file messages.csv|tsv|txt
 
 The model is the GPT-2 backbone with a 2-class head on the last real token (`llm.model.GPTClassifier`).
 The data, the batching and the classifier the app calls live in `llm/spam.py`.
@@ -31,9 +31,10 @@ from llm.checkpoint import CheckpointError, save_checkpoint
 from llm.device import pick_device
 from llm.download import DownloadError
 from llm.generate import add_runtime_args
+from llm.messages_file import MessagesFileError, load_messages
 from llm.model import GPTClassifier
 from llm.spam import (LABELS, SPAM_THRESHOLD, SpamClassifier, SpamDataError, collate, deduplicate, encode,
-                      fetch_data, make_splits, read_collection, read_csv_messages, read_split, write_split)
+                      fetch_data, make_splits, read_collection, read_split, write_split)
 from llm.tokenizer import TokenizerError, get_tokenizer
 
 DATA_DIR = "data/sms_spam"
@@ -68,7 +69,8 @@ def prepare(sms_data: str | None, data_dir: str | Path = DATA_DIR, quiet: bool =
 def classifier_from_base(base: str, num_classes: int = 2, dropout: float | None = None) -> GPTClassifier:
     from llm.weights import load_model
 
-    lm, _ = load_model(base, "cpu", "fp32", hint="Pass --base PRESET|DIR or set LLM_BASE.")
+    # task="lm": the base is a language model; another classifier's head would not fit ours.
+    lm, _ = load_model(base, "cpu", "fp32", hint="Pass --base PRESET|DIR or set LLM_BASE.", task="lm")
     config = lm.config if dropout is None else dataclasses.replace(lm.config, dropout=dropout)
     model = GPTClassifier(config, num_classes)
     missing, unexpected = model.load_state_dict(lm.state_dict(), strict=False)
@@ -308,20 +310,25 @@ def clf_path_default():
 # ---------------------------------------------------------------------------------------------
 
 def read_messages_file(path: str) -> list[str]:
-    """Messages from a .csv (a text/message/sms column, or its only column) or a text file (one per line)."""
+    """The messages of a .csv, .tsv or .txt file, read by the app's rules (llm.messages_file); empty rows skipped.
+
+    Notes on stderr say what a reader of the output would otherwise not know: a Windows-1252 guess, skipped rows."""
     p = Path(path)
     if not p.is_file():
-        raise SpamDataError(f"{p} does not exist")
-    raw = p.read_bytes()
+        raise MessagesFileError(f"{p} does not exist or is not a file. Pass --file messages.csv|tsv|txt.")
     try:
-        content = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        content = raw.decode("utf-8", errors="replace")
-        print(f"warning: {p} is not valid UTF-8 (byte {raw[e.start]:#04x} at offset {e.start}); "
-              "undecodable bytes were replaced with U+FFFD. Re-save the file as UTF-8 for exact text.", file=sys.stderr)
-    if p.suffix.lower() != ".csv":
-        return [line for line in content.splitlines() if line.strip()]
-    return read_csv_messages(content, str(p))[0]
+        data = p.read_bytes()
+    except OSError as e:
+        raise MessagesFileError(f"cannot read {p}: {e.strerror or e}.") from None
+    f = load_messages(str(p), data)
+    if f.encoding == "cp1252":
+        print(f"note: {p} is not UTF-8; it was read as Windows-1252. If accented letters look wrong, save the file "
+              "as UTF-8.", file=sys.stderr)
+    messages = [m for m in f.messages if m]
+    skipped = len(f.messages) - len(messages)
+    if skipped:
+        print(f"note: {skipped} empty row{'s' if skipped > 1 else ''} of {p} skipped", file=sys.stderr)
+    return messages
 
 
 def predict(args) -> int:
@@ -329,7 +336,7 @@ def predict(args) -> int:
     if args.file:
         texts += read_messages_file(args.file)
     if not texts:
-        raise SpamDataError("nothing to classify: pass messages as arguments or --file messages.csv|txt")
+        raise SpamDataError("nothing to classify: pass messages as arguments or --file messages.csv|tsv|txt")
     empty = [i + 1 for i, t in enumerate(texts) if not t.strip()]
     if empty:
         raise SpamDataError(f"message {', '.join(map(str, empty[:10]))} is empty; there is nothing to classify")
@@ -400,7 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pd_ = sub.add_parser("predict", help="label and spam probability per message")
     pd_.add_argument("texts", nargs="*", help="messages to classify")
-    pd_.add_argument("--file", default=None, help="a .csv with a text/message/sms column (or one column), or a text file with one message per line")
+    pd_.add_argument("--file", default=None,
+                     help="a .csv or .tsv with a text/message/sms/... column (or one column), a `ham<TAB>message` file "
+                          "(the UCI layout), or a .txt with one message per line: the app's rules, llm/messages_file.py")
     pd_.add_argument("--json", action="store_true", help="print a JSON list of {text, label, p_spam}")
     pd_.add_argument("--checkpoint", default=None, help="classifier checkpoint (default: $LLM_SPAM_CHECKPOINT or checkpoints/spam)")
     pd_.add_argument("--batch-size", type=int, default=16)

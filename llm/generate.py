@@ -24,6 +24,9 @@ from llm.model import GPT
 from llm.tokenizer import Tokenizer
 
 log = logging.getLogger("llm")
+# What the CLI's error says to do when --base is no usable language model.
+BASE_HINT = ("Pass --base gpt2 (or another preset) or a language-model checkpoint, "
+             "e.g. from: python -m finetune.instruct train")
 
 
 @dataclass
@@ -296,7 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
         tokenizer = get_tokenizer(args.bpe_dir)
-        model, _ = load_model(resolve_base(args.base), pick_device(args.device), args.precision)
+        # task="lm": a classifier's checkpoint continues no text; it is refused before its weights are read.
+        model, _ = load_model(resolve_base(args.base), pick_device(args.device), args.precision, hint=BASE_HINT, task="lm")
     except (CheckpointError, DownloadError, TokenizerError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

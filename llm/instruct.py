@@ -190,9 +190,10 @@ class InstructionModel:
         from llm.weights import load_model
 
         path = checkpoint_path(checkpoint)
-        if not path.is_dir():
+        if not path.exists():  # a file is left to load_model, which says what it is (a pickle, say)
             raise CheckpointError(f"No instruction checkpoint at {path}. {CREATE_HINT}")
-        model, config = load_model(path, pick_device(device), precision, hint=CREATE_HINT)
+        # task="lm": a spam classifier's checkpoint is refused before its weights are read.
+        model, config = load_model(path, pick_device(device), precision, hint=CREATE_HINT, task="lm")
         check_template(config, path)
         return cls(model, get_tokenizer(bpe_dir), config)
 
@@ -244,5 +245,6 @@ def check_template(config: dict, path) -> None:
     if recorded is None:
         log.warning("%s records no prompt template; assuming the Alpaca template of llm/prompt.py", path)
     elif recorded != template_metadata():
-        raise CheckpointError(f"{path} was trained with another prompt template ({recorded.get('name')!r}) than "
+        name = recorded.get("name") if isinstance(recorded, dict) else recorded  # any JSON value may be there
+        raise CheckpointError(f"{path} was trained with another prompt template ({repr(name)[:40]}) than "
                               f"llm/prompt.py ({template_metadata()['name']!r}); retrain it. {CREATE_HINT}")

@@ -11,7 +11,6 @@ spam announces itself early). Training and evaluation live in `finetune/spam.py`
 from __future__ import annotations
 
 import csv
-import io
 import os
 import random
 import sys
@@ -33,7 +32,6 @@ DATA_SHA256 = "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d"
 SEED = 123
 SPLIT_NAMES = ("train", "validation", "test")
 FRACTIONS = (0.7, 0.1, 0.2)
-TEXT_COLUMNS = ("text", "message", "sms", "body", "content", "v2")  # CSV columns read as the message, in this order
 CREATE_HINT = "Create it with: python -m finetune.spam prepare && python -m finetune.spam train --out checkpoints/spam"
 
 
@@ -145,35 +143,6 @@ def read_split(path: str | os.PathLike) -> list[tuple[str, str]]:
         return [(r["label"], r["text"]) for r in csv.DictReader(f)]
 
 
-def read_csv_messages(text: str, name: str) -> tuple[list[str], list[dict[str, str | None]], list[str]]:
-    """(messages, rows, columns) of a CSV of messages to classify (the app's uploads, `predict --file`).
-
-    The messages are the first column named in TEXT_COLUMNS (any case), or the only column. A row
-    with more fields than the header is refused rather than cut short: its message most likely holds
-    an unquoted comma, and classifying half of it would be a silent wrong answer."""
-    try:
-        reader = csv.DictReader(io.StringIO(text))
-        columns = list(reader.fieldnames or [])
-        rows = list(reader)
-    except csv.Error as e:
-        raise SpamDataError(f"{name} is not a valid CSV ({e}).") from None
-    overlong = [i + 1 for i, row in enumerate(rows) if None in row]  # DictReader files surplus fields under None
-    if overlong:
-        listed = ", ".join(map(str, overlong[:5])) + (f" and {len(overlong) - 5} more" if len(overlong) > 5 else "")
-        raise SpamDataError(f"{name}: data row {listed} has more fields than the header's {len(columns)}. A message "
-                            'that contains a comma must be in double quotes ("like, this"); or use a TXT file, one '
-                            "message per line.")
-    wanted = {c.strip().lower(): c for c in columns}
-    column = next((wanted[c] for c in TEXT_COLUMNS if c in wanted), None)
-    if column is None and len(columns) == 1:  # a one-column CSV: that column holds the messages
-        column = columns[0]
-    if column is None:
-        raise SpamDataError(f"{name} has no text column (columns found: {', '.join(columns) or 'none'}). "
-                            f"Name the column holding the messages `text` (or one of: {', '.join(TEXT_COLUMNS[1:])}), "
-                            "or upload a one-column CSV.")
-    return [(row.get(column) or "").strip() for row in rows], rows, columns
-
-
 # ---------------------------------------------------------------------------------------------
 # Batching and the classifier
 # ---------------------------------------------------------------------------------------------
@@ -213,24 +182,28 @@ class SpamClassifier:
 
     @classmethod
     def load(cls, checkpoint=None, device=None, precision=None, bpe_dir=None) -> "SpamClassifier":
-        """Load once. None -> $LLM_SPAM_CHECKPOINT or checkpoints/spam; missing -> CheckpointError naming the command."""
+        """Load once. None -> $LLM_SPAM_CHECKPOINT or checkpoints/spam; missing or not a ham/spam classifier
+        (a language model, a corrupt checkpoint, odd metadata) -> CheckpointError naming the command."""
         from llm.checkpoint import CheckpointError
         from llm.device import pick_device
-        from llm.model import GPTClassifier
         from llm.tokenizer import get_tokenizer
         from llm.weights import load_model
 
         path = checkpoint_path(checkpoint)
-        if not path.is_dir():
+        if not path.exists():  # a file is left to load_model, which says what it is (a pickle, say)
             raise CheckpointError(f"No spam classifier at {path}. {CREATE_HINT}")
-        model, config = load_model(path, pick_device(device), precision, hint=CREATE_HINT)
-        if not isinstance(model, GPTClassifier):
-            raise CheckpointError(f"{path} holds a language model, not a spam classifier. {CREATE_HINT}")
+        model, config = load_model(path, pick_device(device), precision, hint=CREATE_HINT, task="classification")
         meta = config.get("metadata", {})
-        labels = tuple(meta.get("labels", LABELS))
-        if set(labels) != set(LABELS):
-            raise CheckpointError(f"{path} is a classifier for {labels}, not ham/spam. {CREATE_HINT}")
-        return cls(model, get_tokenizer(bpe_dir), int(meta.get("max_length", model.config.n_positions)), labels)
+        # The metadata is read by classify on every request: a bad value must fail here, not there.
+        labels = meta.get("labels", list(LABELS))
+        if (not isinstance(labels, list) or len(labels) != config["num_classes"]
+                or sorted(map(str, labels)) != sorted(LABELS)):
+            raise CheckpointError(f"{path} is a classifier for {repr(labels)[:60]}, not ham/spam. {CREATE_HINT}")
+        max_length = meta.get("max_length", model.config.n_positions)
+        if type(max_length) is not int or not 1 <= max_length <= model.config.n_positions:
+            raise CheckpointError(f"{path}: metadata max_length must be an integer from 1 to the context length "
+                                  f"{model.config.n_positions}, not {repr(max_length)[:40]}. {CREATE_HINT}")
+        return cls(model, get_tokenizer(bpe_dir), max_length, tuple(labels))
 
     @torch.no_grad()
     def p_spam(self, texts: Sequence[str]) -> list[float]:

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from llm.checkpoint import (CONFIG_FILE, FORMAT, WEIGHTS_FILE, CheckpointError, build_model, load_state,
-                            read_config, read_tensors)
-from llm.config import PRESETS, GPTConfig
+from llm.checkpoint import (CONFIG_FILE, FORMAT, WEIGHTS_FILE, CheckpointError, build_model, check_fits, load_state,
+                            read_config, read_tensors, require_task)
+from llm.config import PRESETS
 from llm.device import parse_dtype, resolve_precision
 from llm.download import download
 from llm.model import GPT
@@ -65,11 +65,13 @@ def is_project_checkpoint(config: dict[str, Any]) -> bool:
 
 
 def load_model(source: str | os.PathLike, device: torch.device | str = "cpu", precision: str | None = "fp32",
-               hint: str = "") -> tuple[GPT, dict[str, Any]]:
+               hint: str = "", task: str | None = None) -> tuple[GPT, dict[str, Any]]:
     """Load a model from a preset name or a checkpoint directory (ours or Hugging Face's).
 
     Returns the model in eval mode on `device` in `precision` (fp32, bf16, fp16, or int8 weights
     via `llm.quantize`; None means $LLM_PRECISION or fp32), and the checkpoint's config.json. Training passes "fp32".
+    `task` ("lm" or "classification") refuses a checkpoint of the other kind. Anything wrong with the
+    checkpoint raises CheckpointError, one paragraph ending in `hint` (the command that makes a good one).
     """
     source = str(source)
     path = Path(source).expanduser()
@@ -80,16 +82,15 @@ def load_model(source: str | os.PathLike, device: torch.device | str = "cpu", pr
             f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor an existing directory. "
             + (hint or "Pass a checkpoint directory with config.json + model.safetensors.")
         )
-    config = read_config(path, hint)
-    if is_project_checkpoint(config):
-        model = build_model(config)
-        state = read_tensors(path, hint)
-    else:  # a Hugging Face GPT-2 directory
-        if config.get("model_type", "gpt2") != "gpt2":
-            raise CheckpointError(f"{path} holds a {config['model_type']!r} model, not GPT-2.")
-        model = GPT(GPTConfig.from_dict(config))
-        state = from_hf_state_dict(read_tensors(path, hint))
-    load_state(model, state, str(path))
+    config = read_config(path, hint)  # validated: structure, types, sizes
+    if task is not None:  # before the weights are read: the wrong kind is refused at once
+        require_task(config, task, path, hint)
+    state = read_tensors(path, hint)
+    if not is_project_checkpoint(config):  # a Hugging Face GPT-2 directory
+        state = from_hf_state_dict(state)
+    check_fits(config, state, str(path), hint)  # before a full-size model is allocated
+    model = build_model(config)
+    load_state(model, state, str(path), hint)
     model = model.to(device=device, dtype=parse_dtype(precision)).eval()
     if resolve_precision(precision) == "int8":
         from llm.quantize import quantize_int8

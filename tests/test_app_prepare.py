@@ -6,7 +6,6 @@ import pytest
 
 from finetune import prepare_app
 from llm.checkpoint import save_checkpoint
-from llm.model import GPT
 
 
 @pytest.fixture

@@ -102,7 +102,7 @@ def test_binary_upload_is_refused_clearly():
     png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))
     with pytest.raises(InputError, match="binary"):
         chat.read_upload("photo.csv", png)
-    with pytest.raises(InputError, match="only .csv and .txt"):
+    with pytest.raises(InputError, match=r"only \.csv, \.tsv and \.txt"):
         chat.read_upload("photo.png", png)
 
 
@@ -220,3 +220,10 @@ def test_login_only_when_a_password_is_configured(monkeypatch):
     assert chat.login_enabled()
     assert chat.check_login("ana", "s3cret")
     assert not chat.check_login("ana", "wrong") and not chat.check_login("admin", "s3cret")
+
+
+def test_a_file_with_its_own_label_column_keeps_it(make_runtime):
+    data = "label,text\nham,win a prize now\nspam,see you later\n".encode()
+    result = run(chat.classify_upload(make_runtime(), "labelled.csv", data))
+    rows = list(csv.DictReader(io.StringIO(result.csv_bytes.decode())))
+    assert [(r["label"], r["predicted_label"]) for r in rows] == [("ham", "spam"), ("spam", "ham")]

@@ -128,11 +128,11 @@ def test_predict_cli_json_and_files(clf_checkpoint, tokenizer, tmp_path, capsys)
     assert [o["text"] for o in json.loads(capsys.readouterr().out)] == ["hi, how are you", "FREE entry"]
 
     txt = tmp_path / "m.txt"
-    txt.write_bytes(b"caf\xe9 tonight?\n\nok " + b"y" * 50_000 + b"\n")  # latin-1 byte, blank line, huge message
+    txt.write_bytes(b"caf\xe9 tonight?\n\nok " + b"y" * 50_000 + b"\n")  # Windows-1252 byte, blank line, huge message
     assert cli.main(["predict", "--checkpoint", ck, "--json", "--file", str(txt)]) == 0
     cap = capsys.readouterr()
-    assert "not valid UTF-8" in cap.err and "U+FFFD" in cap.err and "only the start" in cap.err
-    assert [o["text"][:6] for o in json.loads(cap.out)] == ["caf\ufffd t", "ok yyy"]
+    assert "read as Windows-1252" in cap.err and "only the start" in cap.err  # the app's rule: cp1252, not U+FFFD
+    assert [o["text"][:6] for o in json.loads(cap.out)] == ["café t", "ok yyy"]
 
 
 def test_predict_cli_bad_inputs(clf_checkpoint, tmp_path, capsys):

@@ -6,9 +6,10 @@ import shutil
 import socket
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from llm import tokenizer as tok_mod
-from llm.tokenizer import TokenizerError, get_tokenizer
+from llm.tokenizer import EOT_ID, TokenizerError, get_tokenizer
 
 
 @pytest.fixture
@@ -65,3 +66,35 @@ def test_no_files_no_network_says_what_to_do(no_network, monkeypatch, tmp_path):
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # an empty cache
     with pytest.raises(TokenizerError, match="LLM_BPE_DIR"):
         get_tokenizer()
+
+
+# ----------------------------------------------------------------------------- the stream decoder (properties)
+def _has_lone_surrogate(text: str) -> bool:
+    return any("\ud800" <= c <= "\udfff" for c in text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text())
+def test_stream_pieces_rebuild_the_text_and_never_split_a_character(tokenizer, text):
+    ids = tokenizer.encode(text)
+    decoder = tokenizer.stream_decoder()
+    pieces = [decoder.push(i) for i in ids] + [decoder.flush()]
+    assert "".join(pieces) == text
+    # A piece that cut a character in two would carry U+FFFD (or a lone surrogate) the text does not have.
+    if "\ufffd" not in text:
+        assert not any("\ufffd" in p for p in pieces), pieces
+    assert not any(_has_lone_surrogate(p) for p in pieces)
+    assert "".join(tokenizer.stream_decoder().feed(ids)) == text
+
+
+# Token ids 0-255 are single bytes, so half characters (and bytes no UTF-8 allows) come often.
+token_ids = st.lists(st.one_of(st.integers(0, 255), st.integers(0, EOT_ID)), max_size=48)
+
+
+@settings(max_examples=100, deadline=None)
+@given(ids=token_ids)
+def test_stream_of_any_ids_equals_decoding_their_bytes_at_once(tokenizer, ids):
+    decoder = tokenizer.stream_decoder()
+    streamed = "".join(decoder.push(i) for i in ids) + decoder.flush()
+    assert streamed == tokenizer.decode_bytes(ids).decode("utf-8", errors="replace")
+    assert not _has_lone_surrogate(streamed)

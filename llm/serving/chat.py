@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from llm.generate import GenerationSettings
+from llm.messages_file import MessagesFileError, read_messages
 from llm.serving.limits import (DEFAULT_MAX_NEW_TOKENS, FILE_MAX_BYTES, FILE_MAX_ROWS, HISTORY_EXCHANGES,
                                 MAX_MESSAGE_CHARS, MAX_TEXTS, PASTE_MAX_CHARS)
 from llm.serving.registry import INSTRUCT_MODEL_ID, SPAM_MODEL_ID
-from llm.spam import SpamDataError, read_csv_messages
 
 SPAM_MODE = "Spam check"
 ASSISTANT_MODE = "Assistant"
@@ -111,40 +111,14 @@ class FileResult:
     summary: str = ""
 
 
-def _decode_text_file(name: str, data: bytes) -> str:
-    if b"\x00" in data[:8192]:
-        raise InputError(f"{name} looks like a binary file. Upload a CSV (with a `text` column) or a TXT file "
-                         "(one message per line).")
+def read_upload(name: str, data: bytes) -> tuple[list[str], list[dict[str, str | None]], list[str]]:
+    """(messages, original rows, original columns) of an uploaded CSV, TSV or TXT, or InputError.
+
+    The rules are llm.messages_file's, shared with `python -m finetune.spam predict --file`; the app adds its limits."""
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        try:
-            return data.decode("cp1252")  # SMS exports from spreadsheets
-        except UnicodeDecodeError:
-            raise InputError(f"{name} is not UTF-8 text. Save it as UTF-8 CSV or TXT and upload it again.") from None
-
-
-def read_upload(name: str, data: bytes) -> tuple[list[str], list[dict[str, str]], list[str]]:
-    """(messages, original rows, original columns) of an uploaded CSV or TXT, or InputError."""
-    suffix = Path(name).suffix.lower()
-    if suffix not in (".csv", ".txt"):
-        raise InputError(f"{name}: only .csv and .txt files can be classified.")
-    if len(data) > FILE_MAX_BYTES:
-        raise InputError(f"{name} is {len(data) / 1e6:.1f} MB; the limit is {FILE_MAX_BYTES / 1e6:.0f} MB.")
-    text = _decode_text_file(name, data)
-    if suffix == ".txt":
-        messages = split_messages(text)
-        rows, columns = [{} for _ in messages], []
-    else:
-        try:
-            messages, rows, columns = read_csv_messages(text, name)
-        except SpamDataError as e:
-            raise InputError(str(e)) from None
-    if not any(messages):
-        raise InputError(f"{name} has no messages to classify.")
-    if len(messages) > FILE_MAX_ROWS:
-        raise InputError(f"{name} has {len(messages):,} rows; at most {FILE_MAX_ROWS:,} are classified per file.")
-    return messages, rows, columns
+        return read_messages(name, data, max_bytes=FILE_MAX_BYTES, max_rows=FILE_MAX_ROWS)
+    except MessagesFileError as e:
+        raise InputError(str(e)) from None
 
 
 Progress = Callable[[int, int, float], Awaitable[None]]  # (rows done, rows in all, seconds left)
@@ -166,12 +140,14 @@ async def classify_upload(runtime, name: str, data: bytes, progress: Progress | 
             done = len(verdicts)
             await progress(done, len(todo), (time.monotonic() - start) / done * (len(todo) - done))
     out = io.StringIO()
-    fieldnames = (columns or ["text"]) + ["label", "spam_probability"]
+    # A file that already has a `label` column (labelled data, the UCI layout) keeps it: ours is then `predicted_label`.
+    label_col = "predicted_label" if "label" in columns else "label"
+    fieldnames = (columns or ["text"]) + [label_col, "spam_probability"]
     writer = csv.DictWriter(out, fieldnames=fieldnames, lineterminator="\n")
     writer.writeheader()
     for i, (message, row) in enumerate(zip(messages, rows)):
         label, p = verdicts.get(i, ("", None))
-        writer.writerow({**(row if columns else {"text": message}), "label": label,
+        writer.writerow({**(row if columns else {"text": message}), label_col: label,
                          "spam_probability": "" if p is None else f"{p:.4f}"})
     n_spam = sum(label == "spam" for label, _ in verdicts.values())
     stem = Path(name).stem
@@ -218,8 +194,10 @@ class Conversation:
 async def open_answer(runtime, text: str, settings: GenerationSettings, conversation: Conversation):
     """Queue the assistant's answer to `text` (after the conversation's history); returns the engine's Stream.
 
-    Raises InputError (bad text), ModelUnavailable, or EngineBusy (the queue is full)."""
-    return await runtime.answer(check_instruction(text), conversation.history(), settings=settings)
+    A long message makes room by asking for fewer new tokens (clamp), never by cutting the question.
+    Raises InputError (bad text), ContextOverflow (the message alone fills the context), ModelUnavailable,
+    or EngineBusy (the queue is full)."""
+    return await runtime.answer(check_instruction(text), conversation.history(), settings=settings, clamp=True)
 
 
 def progress_text(name: str, done: int, total: int, seconds_left: float) -> str:
