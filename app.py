@@ -19,7 +19,6 @@ from starlette.routing import Route
 from llm.serving import chat
 from llm.serving.chat import ASSISTANT_MODE, SPAM_MODE
 from llm.serving.engine import EngineBusy
-from llm.serving.limits import MAX_NEW_TOKENS
 from llm.serving.runtime import ContextOverflow, ModelUnavailable, get_runtime
 
 runtime = get_runtime()  # loads both models in the background, now
@@ -71,13 +70,11 @@ async def on_chat_start():
     elif not status["ready"]:
         await cl.Message(content=chat.unavailable_reply(runtime.registry.unavailable_message(chat.MODEL_OF_MODE[mode]))).send()
     if mode == ASSISTANT_MODE:
-        d = chat.DEFAULT_SETTINGS
+        d, r = chat.DEFAULT_SETTINGS, chat.SETTINGS_RANGES
         settings = await cl.ChatSettings([
-            Slider(id="temperature", label="Temperature (0 = greedy)", initial=d["temperature"], min=0, max=1.5, step=0.1),
-            Slider(id="top_k", label="Top-k (0 = off)", initial=d["top_k"], min=0, max=200, step=1),
-            Slider(id="top_p", label="Top-p (1 = off)", initial=d["top_p"], min=0.05, max=1, step=0.05),
-            Slider(id="max_new_tokens", label="Max new tokens", initial=d["max_new_tokens"], min=16,
-                   max=MAX_NEW_TOKENS // 2, step=16),
+            Slider(id=key, label=label, initial=d[key], min=r[key][0], max=r[key][1], step=r[key][2])
+            for key, label in (("temperature", "Temperature (0 = greedy)"), ("top_k", "Top-k (0 = off)"),
+                               ("top_p", "Top-p (1 = off)"), ("max_new_tokens", "Max new tokens"))
         ]).send()
         cl.user_session.set("settings", settings)
 

@@ -267,6 +267,22 @@ def test_a_long_prompt_makes_room_by_asking_fewer_tokens_not_by_cutting_the_ques
     assert err["code"] == "context_length_exceeded"
 
 
+def test_a_corrupt_checkpoint_is_never_ready_and_answers_503_in_one_paragraph(spam_ckpt, instruct_ckpt, tmp_path):
+    import shutil
+    broken = tmp_path / "instruct"
+    shutil.copytree(instruct_ckpt, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    runtime = runtime_of(spam_loader(spam_ckpt), instruct_loader(broken))
+    with fastapi_testclient.TestClient(api.create_app(runtime)) as c:
+        health = c.get("/health").json()
+        assert health["status"] == "degraded" and not health["models"][INSTRUCT_MODEL_ID]["ready"]
+        assert c.get("/ready").status_code == 503
+        err = assert_error(c.post("/v1/chat/completions", json={"messages": USER}), (503, 503), "truncated")
+        assert "Traceback" not in err["message"] and len(err["message"]) < 600
+    runtime.close()
+
+
 def test_api_key(spam_ckpt):
     runtime = runtime_of(spam_loader(spam_ckpt), lambda: None)
     with fastapi_testclient.TestClient(api.create_app(runtime, api_key="s3cret")) as c:

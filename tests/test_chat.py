@@ -118,6 +118,17 @@ def test_generation_settings_from_panel():
     assert (s.temperature, s.top_k, s.top_p, s.max_new_tokens) == (0.7, 40, 0.9, 64)
 
 
+@pytest.mark.parametrize("sent", [{"temperature": "hot", "top_k": [1], "top_p": None, "max_new_tokens": float("nan")},
+                                  {"temperature": 1e9, "top_k": -5, "top_p": 7, "max_new_tokens": 10**9},
+                                  {"temperature": True, "top_k": "40", "max_new_tokens": -1}])
+def test_settings_a_client_forged_still_give_valid_sampling(sent):
+    """The panel's values come from the browser: nonsense falls back to the default, extremes are clamped."""
+    s = chat.generation_settings(sent)
+    assert 0 <= s.temperature <= 1.5 and 16 <= s.max_new_tokens <= 512
+    assert s.top_k is None or 1 <= s.top_k <= 200
+    assert s.top_p is None or 0 < s.top_p < 1
+
+
 def test_conversation_keeps_the_previous_exchange():
     conv = chat.Conversation()
     assert conv.history() == []

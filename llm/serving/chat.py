@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hmac
 import io
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -29,8 +30,11 @@ MODES = (SPAM_MODE, ASSISTANT_MODE)
 
 UPLOAD_CHUNK = 64  # rows per classify call for files: progress after each, other users' work between them
 
-# Sampling defaults and slider ranges of the Assistant's settings panel.
+# Sampling defaults and slider ranges (min, max, step) of the Assistant's settings panel. The panel's values come
+# from the browser, so the same ranges are enforced when they are read (`generation_settings`).
 DEFAULT_SETTINGS = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS}
+SETTINGS_RANGES = {"temperature": (0.0, 1.5, 0.1), "top_k": (0, 200, 1), "top_p": (0.05, 1.0, 0.05),
+                   "max_new_tokens": (16, 512, 16)}
 MODEL_OF_MODE = {SPAM_MODE: SPAM_MODEL_ID, ASSISTANT_MODE: INSTRUCT_MODEL_ID}
 
 
@@ -168,10 +172,16 @@ def check_instruction(text: str) -> str:
 
 
 def generation_settings(chat_settings: dict | None) -> GenerationSettings:
-    """GenerationSettings from the Assistant's settings panel; 0 top-k and 1.0 top-p mean "off"."""
-    s = {**DEFAULT_SETTINGS, **{k: v for k, v in (chat_settings or {}).items() if v is not None}}
-    top_k = int(s["top_k"])
-    top_p = float(s["top_p"])
+    """GenerationSettings from the Assistant's settings panel; 0 top-k and 1.0 top-p mean "off".
+
+    A value that is not a number (or not finite) falls back to its default, one outside the slider is clamped:
+    whatever a client sends, the sampler gets valid settings."""
+    s = dict(DEFAULT_SETTINGS)
+    for key, (low, high, _) in SETTINGS_RANGES.items():
+        value = (chat_settings or {}).get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            s[key] = min(max(value, low), high)
+    top_k, top_p = int(s["top_k"]), float(s["top_p"])
     return GenerationSettings(max_new_tokens=int(s["max_new_tokens"]), temperature=float(s["temperature"]),
                               top_k=top_k if top_k > 0 else None, top_p=top_p if 0 < top_p < 1 else None)
 
