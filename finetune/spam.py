@@ -1,9 +1,14 @@
 """Fine-tune GPT-2 into an SMS spam classifier, evaluate it, and classify messages.
 
     python -m finetune.spam prepare [--sms-data PATH]          # data/sms_spam/{natural,balanced}/*.csv
-    python -m finetune.spam train --base gpt2 --out checkpoints/spam
-    python -m finetune.spam eval --checkpoint checkpoints/spam  # both test sets + TF-IDF baseline
+    python -m finetune.spam train --base gpt2 --out checkpoints/spam [--target-precision P | --threshold T]
+    python -m finetune.spam calibrate --checkpoint checkpoints/spam   # refit the temperature, no retraining
+    python -m finetune.spam eval --checkpoint checkpoints/spam  # both test sets + TF-IDF baseline + calibration
     python -m finetune.spam predict [--json] "text" ... | --file messages.csv|tsv|txt
+
+After training, a temperature T is fitted on the validation set (minimum NLL of softmax(logits / T)) and the
+operating threshold is chosen on the calibrated validation probabilities; both go into the checkpoint's
+metadata, which `llm.spam.SpamClassifier` applies.
 
 The model is the GPT-2 backbone with a 2-class head on the last real token (`llm.model.GPTClassifier`).
 The data, the batching and the classifier the app calls live in `llm/spam.py`.
@@ -27,14 +32,15 @@ from tqdm import tqdm
 
 from finetune.cli import DefaultsHelp, run_command
 from finetune.optim import WeightAverage, adamw, length_grouped_batches, warmup_cosine_schedule
-from llm.checkpoint import CheckpointError, save_checkpoint
+from llm.checkpoint import CheckpointError, save_checkpoint, update_metadata
 from llm.device import pick_device
 from llm.download import DownloadError
 from llm.generate import add_runtime_args
 from llm.messages_file import MessagesFileError, load_messages
 from llm.model import GPTClassifier
-from llm.spam import (LABELS, SPAM_THRESHOLD, SpamClassifier, SpamDataError, collate, deduplicate, encode,
-                      fetch_data, make_splits, read_collection, read_split, write_split)
+from llm.spam import (BANDS, LABELS, SPAM_THRESHOLD, SpamClassifier, SpamDataError, band_of, collate, deduplicate, encode,
+                      fetch_data, format_probability, make_splits, read_collection, read_split, valid_threshold,
+                      write_split)
 from llm.tokenizer import TokenizerError, get_tokenizer
 
 DATA_DIR = "data/sms_spam"
@@ -160,7 +166,8 @@ def train(args) -> dict:
     average = WeightAverage(model, args.average) if args.average else None
     kept = average.model if average else model  # what is validated and saved
     out = Path(args.out)
-    metadata = {"labels": list(LABELS), "max_length": max_length, "base": str(base), "threshold": SPAM_THRESHOLD,
+    metadata = {"labels": list(LABELS), "max_length": max_length, "base": str(base),
+                "threshold": SPAM_THRESHOLD if args.threshold is None else args.threshold,
                 "train": args.train, "last_blocks": args.last_blocks if args.train == "last" else None,
                 "split_set": args.split_set, "lr": args.lr, "batch_size": args.batch_size, "epochs": args.epochs,
                 "average": args.average}
@@ -212,6 +219,9 @@ def train(args) -> dict:
         if stop:
             break
     seconds = time.perf_counter() - t0
+    calibration = calibrate_checkpoint(out, val_rows, target_precision=args.target_precision, threshold=args.threshold,
+                                       device=device, bpe_dir=args.bpe_dir)
+    metadata = {**metadata, **calibration}
     val_name = "validation (weight average)" if average else "validation"
     plot_curves({"train": (history["step"], history["train_loss"]), val_name: (history["step"], history["val_loss"])},
                 out / "loss.png", title="SMS spam: loss")
@@ -223,6 +233,147 @@ def train(args) -> dict:
     print(f"done in {seconds:.0f} s ({step} steps); best validation accuracy {best['val_acc']:.4f} at step {best['step']}; "
           f"checkpoint {out}, curves {out / 'loss.png'}, {out / 'accuracy.png'}")
     return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# calibration and the operating point
+# ---------------------------------------------------------------------------------------------
+
+TEMPERATURE_RANGE = (0.05, 20.0)  # the search interval of the temperature
+ECE_BINS = 15
+
+
+def nll(logits: torch.Tensor, y: torch.Tensor, temperature: float = 1.0) -> float:
+    return F.cross_entropy(logits.double() / temperature, y).item()
+
+
+def fit_temperature(logits: torch.Tensor, y: Sequence[int], steps: int = 80) -> float:
+    """The T minimising the NLL of softmax(logits / T): golden-section search over log T in TEMPERATURE_RANGE.
+
+    The NLL is convex in 1/T, hence unimodal in log T, so the search finds the optimum (or the interval's end
+    when the validation set is separable and the optimum is T -> 0). Milliseconds for thousands of messages."""
+    logits, y = logits.double(), torch.as_tensor(list(y), dtype=torch.long)
+    lo, hi = math.log(TEMPERATURE_RANGE[0]), math.log(TEMPERATURE_RANGE[1])
+    g = (math.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = nll(logits, y, math.exp(a)), nll(logits, y, math.exp(b))
+    for _ in range(steps):
+        if fa <= fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = nll(logits, y, math.exp(a))
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = nll(logits, y, math.exp(b))
+    return math.exp((lo + hi) / 2)
+
+
+def ece(p: Sequence[float], y: Sequence[int], bins: int = ECE_BINS) -> float:
+    """Expected calibration error of p_spam: 15 equal-width bins over [0, 1] (1.0 in the last), the
+    message-weighted mean of |fraction spam - mean p_spam| per bin."""
+    total, n = 0.0, len(p)
+    for lo_, hi_, n_b, mean_p, frac in reliability_bins(p, y, bins):
+        total += n_b / n * abs(frac - mean_p)
+    return total
+
+
+def reliability_bins(p: Sequence[float], y: Sequence[int], bins: int = ECE_BINS) -> list[tuple[float, float, int, float, float]]:
+    """(bin low, bin high, messages, mean p_spam, fraction spam) per non-empty equal-width bin."""
+    groups: list[list[int]] = [[] for _ in range(bins)]
+    for i, q in enumerate(p):
+        groups[min(int(q * bins), bins - 1)].append(i)
+    return [(b / bins, (b + 1) / bins, len(g), sum(p[i] for i in g) / len(g), sum(y[i] for i in g) / len(g))
+            for b, g in enumerate(groups) if g]
+
+
+def brier(p: Sequence[float], y: Sequence[int]) -> float:
+    """Mean squared error of p_spam against the 0/1 label."""
+    return sum((q - t) ** 2 for q, t in zip(p, y)) / len(p)
+
+
+def threshold_for_precision(p: Sequence[float], y: Sequence[int], target: float) -> tuple[float, float, bool]:
+    """The lowest threshold t (one of the p values) whose precision (p >= t counted spam) is >= target.
+
+    Returns (t, its precision, True); when no threshold reaches the target, the one with the highest precision
+    (the lowest such) and False. t is kept strictly inside (0, 1)."""
+    order = sorted(range(len(p)), key=lambda i: -p[i])
+    tp = fp = 0
+    best, found = None, None
+    i = 0
+    while i < len(order):  # messages with equal p go in together: a threshold cannot split them
+        q = p[order[i]]
+        while i < len(order) and p[order[i]] == q:
+            tp += y[order[i]]
+            fp += 1 - y[order[i]]
+            i += 1
+        prec = tp / (tp + fp)
+        if prec >= target:
+            found = (q, prec)
+        if best is None or prec >= best[1]:
+            best = (q, prec)
+    t, prec = found or best
+    return min(max(t, 1e-6), 1 - 1e-6), prec, found is not None
+
+
+def _logit(t: float) -> float:
+    return math.log(t / (1 - t))
+
+
+def calibrate_checkpoint(checkpoint, rows: Sequence[tuple[str, str]], *, target_precision: float | None = None,
+                         threshold: float | None = None, device=None, bpe_dir=None, quiet: bool = False) -> dict:
+    """Fit the temperature on `rows` (the validation set) and set the threshold; write both into the
+    checkpoint's metadata atomically, weights untouched. Returns the metadata written.
+
+    The threshold: `threshold` as given; else the lowest reaching `target_precision` on the calibrated
+    validation probabilities; else the stored one moved to the new temperature so that every decision
+    stays the same (a threshold is on calibrated probabilities, and p = 0.5 never moves)."""
+    if not rows:
+        raise SpamDataError("calibration needs validation messages; the validation split is empty")
+    clf = SpamClassifier.load(checkpoint, device, "fp32", bpe_dir)
+    logits = clf.logits([t for _, t in rows])
+    y = [LABELS.index(lab) for lab, _ in rows]
+    spam = clf.labels.index("spam")
+    if clf.labels.index("ham") != 0:  # keep (ham, spam) column order for the NLL
+        logits = logits[:, [clf.labels.index("ham"), spam]]
+    yt = torch.tensor(y)
+    temperature = fit_temperature(logits, y)
+    clf.labels, clf.temperature = LABELS, temperature
+    p = clf.probabilities(logits)
+    meta = {"temperature": temperature, "calibration": {
+        "messages": len(rows), "val_nll_before": nll(logits, yt), "val_nll_after": nll(logits, yt, temperature),
+        "val_ece_before": ece(clf.probabilities(logits, calibrated=False), y), "val_ece_after": ece(p, y)}}
+    if threshold is not None:
+        meta.update(threshold=threshold, threshold_source="--threshold")
+    elif target_precision is not None:
+        t, prec, met = threshold_for_precision(p, y, target_precision)
+        meta.update(threshold=t, threshold_source=f"lowest reaching validation precision {target_precision}",
+                    target_precision=target_precision, target_precision_met=met, val_precision_at_threshold=prec)
+        if not met and not quiet:
+            print(f"warning: no threshold reaches validation precision {target_precision}; using {t:.6f}, whose "
+                  f"precision {prec:.4f} is the highest", file=sys.stderr)
+    else:
+        old_t = clf.threshold  # on probabilities calibrated with the old temperature (config metadata)
+        from llm.checkpoint import read_config
+        old_temp = read_config(checkpoint).get("metadata", {}).get("temperature", 1.0)
+        meta["threshold"] = 1 / (1 + math.exp(-_logit(old_t) * old_temp / temperature))
+    if not quiet:
+        c = meta["calibration"]
+        print(f"temperature {temperature:.4f} (validation NLL {c['val_nll_before']:.4f} -> {c['val_nll_after']:.4f}, "
+              f"ECE {c['val_ece_before']:.4f} -> {c['val_ece_after']:.4f}); threshold {meta['threshold']:.6f}; "
+              f"written to {Path(checkpoint) / 'config.json'}")
+    update_metadata(checkpoint, meta)
+    return meta
+
+
+def run_calibrate(args) -> dict:
+    from llm.checkpoint import read_config
+    from llm.spam import CREATE_HINT
+    ckpt = Path(args.checkpoint or clf_path_default())
+    split_set = args.split_set or read_config(ckpt, CREATE_HINT).get("metadata", {}).get("split_set") or "natural"
+    rows = read_split(Path(args.data_dir) / split_set / "validation.csv")
+    return calibrate_checkpoint(ckpt, rows, target_precision=args.target_precision, threshold=args.threshold,
+                                device=args.device, bpe_dir=args.bpe_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,11 +422,31 @@ def plot_confusion(c: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def plot_reliability(curves: dict[str, Sequence[float]], y: Sequence[int], path: Path, title: str) -> None:
+    """Reliability diagram: fraction spam against mean p_spam per bin (ECE_BINS equal-width bins), one curve per
+    entry of `curves`, the diagonal being perfect calibration; the legend gives each curve's ECE."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(4.6, 4.4), dpi=120)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
+    for (name, p), marker in zip(curves.items(), "os^v"):
+        b = reliability_bins(p, y)
+        ax.plot([r[3] for r in b], [r[4] for r in b], marker=marker, label=f"{name}, ECE {ece(p, y):.3f}")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted p_spam", ylabel="fraction spam", title=title)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def run_eval(args) -> dict:
     clf = SpamClassifier.load(args.checkpoint, args.device, args.precision, args.bpe_dir)
     ckpt = Path(args.checkpoint or clf_path_default())
     out_dir = Path(args.out or ckpt)
-    result = {"checkpoint": str(ckpt), "threshold": SPAM_THRESHOLD}
+    threshold = clf.threshold
+    result = {"checkpoint": str(ckpt), "threshold": threshold, "temperature": clf.temperature}
     rows_fmt = "{:10s} {:22s} {:>6s} {:>9s} {:>9s} {:>7s} {:>7s}"
     print(rows_fmt.format("test set", "model", "n", "accuracy", "precision", "recall", "F1"))
     for set_name in ("natural", "balanced"):
@@ -283,20 +454,33 @@ def run_eval(args) -> dict:
         train_rows, test_rows = read_split(d / "train.csv"), read_split(d / "test.csv")
         y = [LABELS.index(lab) for lab, _ in test_rows]
         t0 = time.perf_counter()
-        p = clf.p_spam([t for _, t in test_rows])
-        ours = scores(y, [int(q >= SPAM_THRESHOLD) for q in p])
+        logits = clf.logits([t for _, t in test_rows])
+        p, p_raw = clf.probabilities(logits), clf.probabilities(logits, calibrated=False)
+        ours = scores(y, [int(q >= threshold) for q in p])
         ours["seconds"] = round(time.perf_counter() - t0, 1)
+        ours["calibration"] = {"ece_before": ece(p_raw, y), "ece_after": ece(p, y),
+                               "brier_before": brier(p_raw, y), "brier_after": brier(p, y),
+                               "bands": {b: sum(band_of(q, threshold) == b for q in p) for b in BANDS}}
+        plot_reliability({"uncalibrated": p_raw, f"calibrated (T={clf.temperature:.2f})": p}, y,
+                         out_dir / f"reliability_{set_name}.png", f"{set_name} test (n={len(y)})")
         ours["errors"] = [{"label": lab, "p_spam": round(q, 4), "text": t}
-                          for (lab, t), q in zip(test_rows, p) if (q >= SPAM_THRESHOLD) != (lab == "spam")]
+                          for (lab, t), q in zip(test_rows, p) if (q >= threshold) != (lab == "spam")]
         base = tfidf_baseline(train_rows, test_rows)
         plot_confusion(ours["confusion"], out_dir / f"confusion_{set_name}.png", f"{set_name} test (n={len(y)})")
         result[set_name] = {"gpt2_classifier": ours, "tfidf_logreg": base}
         for name, s in (("GPT-2 classifier", ours), (f"TF-IDF+LR ({set_name} train)", base)):
             print(rows_fmt.format(set_name, name, str(s["n"]), f"{s['accuracy']:.4f}", f"{s['precision']:.4f}",
                                   f"{s['recall']:.4f}", f"{s['f1']:.4f}"))
+    print(f"calibration (T={clf.temperature:.4f}, threshold {threshold:.4f}; ECE over {ECE_BINS} equal-width bins)")
+    for set_name in ("natural", "balanced"):
+        c = result[set_name]["gpt2_classifier"]["calibration"]
+        print(f"  {set_name:9s} ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}   "
+              f"Brier {c['brier_before']:.4f} -> {c['brier_after']:.4f}   "
+              f"bands {', '.join(f'{b} {n}' for b, n in c['bands'].items())}")
     path = out_dir / "eval_metrics.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"metrics {path}; confusion matrices {out_dir / 'confusion_natural.png'}, {out_dir / 'confusion_balanced.png'}")
+    print(f"metrics {path}; confusion matrices {out_dir / 'confusion_natural.png'}, {out_dir / 'confusion_balanced.png'}; "
+          f"reliability diagrams {out_dir / 'reliability_natural.png'}, {out_dir / 'reliability_balanced.png'}")
     return result
 
 
@@ -346,19 +530,49 @@ def predict(args) -> int:
     if long:
         print(f"note: message {', '.join(map(str, long[:10]))} exceed{'s' if len(long) == 1 else ''} {clf.max_length} tokens; "
               "only the start is classified", file=sys.stderr)
-    results = clf.classify(texts)
+    results = clf.verdicts(texts, args.threshold)
+    explained = [clf.explain(t) for t in texts] if args.explain else [None] * len(texts)
     if args.json:
-        print(json.dumps([{"text": t, "label": lab, "p_spam": round(p, 6)} for t, (lab, p) in zip(texts, results)], ensure_ascii=False))
+        out = []
+        for t, v, e in zip(texts, results, explained):
+            out.append({"text": t, "label": v.label, "p_spam": round(v.p_spam, 6), "band": v.band})
+            if e is not None:
+                out[-1]["explanation"] = {"towards_spam": [[w, round(x, 6)] for w, x in e.towards_spam()],
+                                          "towards_ham": [[w, round(x, 6)] for w, x in e.towards_ham()]}
+        print(json.dumps(out, ensure_ascii=False))
     else:
-        for t, (lab, p) in zip(texts, results):
+        for t, v, e in zip(texts, results, explained):
             short = t if len(t) <= 70 else t[:67] + "..."
-            print(f"{lab:4s}  p_spam={p:.4f}  {short!r}")
+            print(f"{v.label:4s}  {v.band:11s}  p_spam {format_probability(v.p_spam):>7s}  {short!r}")
+            if e is not None:
+                for side, words in (("towards spam", e.towards_spam()), ("towards ham", e.towards_ham())):
+                    print(f"      {side}: " + (", ".join(f"{w!r} {x:+.3f}" for w, x in words) or "-"))
     return 0
 
 
 # ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
+
+def threshold_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not valid_threshold(value):
+        raise argparse.ArgumentTypeError(f"a threshold is a number strictly between 0 and 1, not {text!r}")
+    return value
+
+
+def precision_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a target precision is a number in (0, 1], not {text!r}")
+    return value
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m finetune.spam", description=__doc__,
@@ -397,6 +611,26 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     tr.add_argument("--device", default=None, help="cuda, mps or cpu (default: $LLM_DEVICE, else the best available)")
     tr.add_argument("--bpe-dir", default=None, help="folder with GPT-2's encoder.json + vocab.bpe (default: $LLM_BPE_DIR)")
+    op = tr.add_mutually_exclusive_group()
+    op.add_argument("--target-precision", type=precision_arg, default=None, metavar="P",
+                    help="store the lowest threshold whose (calibrated) validation precision is >= P "
+                         f"(default: threshold {SPAM_THRESHOLD})")
+    op.add_argument("--threshold", type=threshold_arg, default=None, metavar="T",
+                    help=f"store this threshold on calibrated p_spam, 0 < T < 1 (default {SPAM_THRESHOLD})")
+
+    ca = sub.add_parser("calibrate", help="fit the temperature of an existing checkpoint on the validation set "
+                                          "(updates its config.json; no retraining)", formatter_class=DefaultsHelp)
+    ca.add_argument("--checkpoint", default=None, help="classifier checkpoint (default: $LLM_SPAM_CHECKPOINT or checkpoints/spam)")
+    ca.add_argument("--data-dir", default=DATA_DIR, help="folder written by `prepare`")
+    ca.add_argument("--split-set", default=None, choices=("natural", "balanced"),
+                    help="whose validation split (default: the one the checkpoint was trained on)")
+    cop = ca.add_mutually_exclusive_group()
+    cop.add_argument("--target-precision", type=precision_arg, default=None, metavar="P",
+                     help="also reset the threshold: the lowest whose calibrated validation precision is >= P")
+    cop.add_argument("--threshold", type=threshold_arg, default=None, metavar="T",
+                     help="also reset the threshold to T (default: keep every decision of the stored threshold)")
+    ca.add_argument("--device", default=None, help="cuda, mps or cpu (default: $LLM_DEVICE, else the best available)")
+    ca.add_argument("--bpe-dir", default=None, help="folder with GPT-2's encoder.json + vocab.bpe (default: $LLM_BPE_DIR)")
 
     ev = sub.add_parser("eval", help="accuracy, precision, recall, F1 on both test sets, beside TF-IDF + logistic regression")
     ev.add_argument("--checkpoint", default=None, help="classifier checkpoint (default: $LLM_SPAM_CHECKPOINT or checkpoints/spam)")
@@ -412,6 +646,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "(the UCI layout), or a .txt with one message per line: the app's rules, llm/messages_file.py")
     pd_.add_argument("--json", action="store_true", help="print a JSON list of {text, label, p_spam}")
     pd_.add_argument("--checkpoint", default=None, help="classifier checkpoint (default: $LLM_SPAM_CHECKPOINT or checkpoints/spam)")
+    pd_.add_argument("--threshold", type=threshold_arg, default=None, metavar="T",
+                     help="operating point for this run, 0 < T < 1 (default: the checkpoint's)")
+    pd_.add_argument("--explain", action="store_true",
+                     help="also list the words that move p_spam most (occlusion: one forward pass per message)")
     pd_.add_argument("--batch-size", type=int, default=16)
     pd_.add_argument("--threads", type=int, default=None)
     add_runtime_args(pd_)
@@ -430,6 +668,8 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         train(args)
     elif args.cmd == "eval":
         run_eval(args)
+    elif args.cmd == "calibrate":
+        run_calibrate(args)
     else:
         return predict(args)
     return 0

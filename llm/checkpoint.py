@@ -69,6 +69,16 @@ def save_checkpoint(model: GPT, out_dir: str | os.PathLike, metadata: dict[str, 
     return out
 
 
+def update_metadata(ckpt_dir: str | os.PathLike, updates: dict[str, Any]) -> dict[str, Any]:
+    """Merge `updates` into a checkpoint's config.json metadata, atomically (the weights are untouched).
+    Returns the new metadata."""
+    path = Path(ckpt_dir) / CONFIG_FILE
+    config = read_config(ckpt_dir)
+    config["metadata"] = {**config.get("metadata", {}), **updates}
+    _atomic_write(path, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    return config["metadata"]
+
+
 # ----------------------------------------------------------------------------- messages
 
 def _clip(text: str, limit: int) -> str:

@@ -4,24 +4,53 @@
     clf = SpamClassifier.load()                 # $LLM_SPAM_CHECKPOINT or checkpoints/spam
     clf.classify(["WINNER!! Claim your prize"]) # -> [("spam", 0.99)]
 
-A message is spam when p_spam >= SPAM_THRESHOLD. Inputs are right-padded with <|endoftext|>
-and truncated to the checkpoint's max length keeping the START of the message (as the book does:
-spam announces itself early). Training and evaluation live in `finetune/spam.py`.
+    clf.verdicts(["WINNER!! Claim your prize"]) # -> [Verdict(label="spam", p_spam=0.99, band="spam")]
+
+Operating point. A message is spam when p_spam >= the checkpoint's threshold: `metadata.threshold` in its
+config.json (written by `finetune.spam train`: SPAM_THRESHOLD, `--threshold T`, or the lowest threshold that
+reaches `--target-precision P` on the validation set), SPAM_THRESHOLD when absent. A caller may pass its own.
+
+Calibration. `metadata.temperature` (T, fitted on the validation set after training, or later by
+`python -m finetune.spam calibrate`) divides the logits before the softmax, so every p_spam reported here is
+calibrated: softmax(logits / T). T = 1 when absent. A 2-class temperature never moves the 0.5 point.
+
+Bands (on the calibrated p_spam, t = the threshold in use):
+    "spam"         p >= max(SPAM_BAND, t)             (SPAM_BAND = 0.9)
+    "likely spam"  t <= p < max(SPAM_BAND, t)          (still labelled spam)
+    "unsure"       min(UNSURE_BAND, t) <= p < t        (labelled ham; UNSURE_BAND = 0.2)
+    "ham"          p < min(UNSURE_BAND, t)
+so "spam"/"likely spam" always mean the label spam and "unsure"/"ham" the label ham, whatever t is.
+
+Explanations (`explain`): occlusion. For one message, every word (a run of non-space characters) is removed
+in turn, with the space after it, and p_spam is computed for the message and every variant in ONE batched
+forward pass; a word's effect is p_spam(message) - p_spam(message without it): positive pushes towards spam.
+Only words inside the classified start count (at most EXPLAIN_MAX_WORDS of them); removing a message's only
+word leaves just <|endoftext|>.
+
+Inputs are right-padded with <|endoftext|> and truncated to the checkpoint's max length keeping the START of
+the message (as the book does: spam announces itself early). Training and evaluation live in `finetune/spam.py`.
 """
 from __future__ import annotations
 
 import csv
+import math
 import os
 import random
+import re
 import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
-SPAM_THRESHOLD = 0.5  # p_spam at or above this -> "spam"
+SPAM_THRESHOLD = 0.5  # default operating point: p_spam at or above this -> "spam" (a checkpoint may store its own)
+SPAM_BAND = 0.9  # calibrated p_spam at or above max(this, threshold) -> band "spam"; threshold..this -> "likely spam"
+UNSURE_BAND = 0.2  # min(this, threshold) <= p_spam < threshold -> band "unsure"; below -> "ham"
+BANDS = ("spam", "likely spam", "unsure", "ham")
+EXPLAIN_MAX_WORDS = 128  # words occluded per explained message (the variants share one forward pass)
+EXPLAIN_TOP = 5  # words listed towards spam and towards ham
 LABELS = ("ham", "spam")  # class index -> name; stored in the checkpoint's metadata
 CHECKPOINT_ENV = "LLM_SPAM_CHECKPOINT"
 DEFAULT_CHECKPOINT = "checkpoints/spam"
@@ -144,6 +173,75 @@ def read_split(path: str | os.PathLike) -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Operating point, bands, display
+# ---------------------------------------------------------------------------------------------
+
+class Verdict(NamedTuple):
+    label: str  # "spam" | "ham"
+    p_spam: float  # calibrated
+    band: str  # one of BANDS
+
+
+class Explanation(NamedTuple):
+    p_spam: float  # calibrated, of the whole message
+    words: list[tuple[str, float]]  # (word, p_spam - p_spam without it), in message order
+
+    def towards_spam(self, k: int = EXPLAIN_TOP) -> list[tuple[str, float]]:
+        """The k words whose removal lowers p_spam most (effect > 0), strongest first."""
+        return sorted((w for w in self.words if w[1] > 0), key=lambda w: -w[1])[:k]
+
+    def towards_ham(self, k: int = EXPLAIN_TOP) -> list[tuple[str, float]]:
+        """The k words whose removal raises p_spam most (effect < 0), strongest first."""
+        return sorted((w for w in self.words if w[1] < 0), key=lambda w: w[1])[:k]
+
+
+_WORD = re.compile(r"\S+")
+
+
+def occlusions(text: str, limit: int | None = None) -> list[tuple[str, str]]:
+    """(word, text without the word and the space after it, or before it for the last word) per word."""
+    out = []
+    for m in list(_WORD.finditer(text))[:limit]:
+        start, end = m.span()
+        after = len(text) - len(text[end:].lstrip())
+        if after < len(text):  # another word follows: drop the word and the spaces after it
+            variant = text[:start] + text[after:]
+        else:  # the last word: drop the spaces before it
+            variant = text[:start].rstrip()
+        out.append((m.group(), variant))
+    return out
+
+
+def valid_threshold(value) -> bool:
+    """A threshold is a real number strictly between 0 and 1 (not a bool, not NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 < value < 1
+
+
+def label_of(p_spam: float, threshold: float = SPAM_THRESHOLD) -> str:
+    return "spam" if p_spam >= threshold else "ham"
+
+
+def band_of(p_spam: float, threshold: float = SPAM_THRESHOLD) -> str:
+    """The band of a calibrated p_spam (see the module docstring); consistent with label_of at `threshold`."""
+    if p_spam >= max(SPAM_BAND, threshold):
+        return "spam"
+    if p_spam >= threshold:
+        return "likely spam"
+    if p_spam >= min(UNSURE_BAND, threshold):
+        return "unsure"
+    return "ham"
+
+
+def format_probability(p: float) -> str:
+    """A probability for people: one decimal, never "100.0%" or "0.0%" ("> 99.9%", "< 0.1%")."""
+    if p >= 0.9995:
+        return "> 99.9%"
+    if p < 0.0005:
+        return "< 0.1%"
+    return f"{p:.1%}"
+
+
+# ---------------------------------------------------------------------------------------------
 # Batching and the classifier
 # ---------------------------------------------------------------------------------------------
 
@@ -179,6 +277,8 @@ class SpamClassifier:
     max_length: int
     labels: tuple[str, ...] = LABELS
     batch_size: int = 16
+    threshold: float = SPAM_THRESHOLD  # the operating point on calibrated p_spam
+    temperature: float = 1.0  # logits are divided by this before the softmax
 
     @classmethod
     def load(cls, checkpoint=None, device=None, precision=None, bpe_dir=None) -> "SpamClassifier":
@@ -203,21 +303,59 @@ class SpamClassifier:
         if type(max_length) is not int or not 1 <= max_length <= model.config.n_positions:
             raise CheckpointError(f"{path}: metadata max_length must be an integer from 1 to the context length "
                                   f"{model.config.n_positions}, not {repr(max_length)[:40]}. {CREATE_HINT}")
-        return cls(model, get_tokenizer(bpe_dir), max_length, tuple(labels))
+        threshold = meta.get("threshold", SPAM_THRESHOLD)
+        if not valid_threshold(threshold):
+            raise CheckpointError(f"{path}: metadata threshold must be a number strictly between 0 and 1, not "
+                                  f"{repr(threshold)[:40]}. {CREATE_HINT}")
+        temperature = meta.get("temperature", 1.0)
+        if (not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not math.isfinite(temperature)
+                or temperature <= 0):
+            raise CheckpointError(f"{path}: metadata temperature must be a positive number, not {repr(temperature)[:40]}. "
+                                  f"Recalibrate with: python -m finetune.spam calibrate --checkpoint {path}")
+        return cls(model, get_tokenizer(bpe_dir), max_length, tuple(labels), threshold=float(threshold),
+                   temperature=float(temperature))
 
     @torch.no_grad()
-    def p_spam(self, texts: Sequence[str]) -> list[float]:
-        """Spam probability per text, in batches. Raises ValueError on an empty text."""
+    def logits(self, texts: Sequence[str]) -> torch.Tensor:
+        """Raw (uncalibrated) logits, (len(texts), 2) float32 on the CPU, columns in `labels` order, in batches.
+        Raises ValueError on an empty text."""
         seqs = [encode(self.tokenizer, t, self.max_length) for t in texts]
-        spam = self.labels.index("spam")
         device = next(self.model.parameters()).device
-        out: list[float] = []
+        out = []
         for i in range(0, len(seqs), self.batch_size):
             ids, mask = collate(seqs[i:i + self.batch_size], self.tokenizer.eot_id, self.max_length)
-            logits = self.model(ids.to(device), attention_mask=mask.to(device)).float()
-            out += torch.softmax(logits, -1)[:, spam].tolist()
-        return out
+            out.append(self.model(ids.to(device), attention_mask=mask.to(device)).float().cpu())
+        return torch.cat(out) if out else torch.zeros((0, len(self.labels)))
 
-    def classify(self, texts: list[str]) -> list[tuple[str, float]]:
-        """("spam" | "ham", p_spam) per text."""
-        return [("spam" if p >= SPAM_THRESHOLD else "ham", p) for p in self.p_spam(texts)]
+    def probabilities(self, logits: torch.Tensor, calibrated: bool = True) -> list[float]:
+        """p_spam from logits: softmax(logits / temperature) (calibrated) or softmax(logits)."""
+        t = self.temperature if calibrated else 1.0
+        return torch.softmax(logits.double() / t, -1)[:, self.labels.index("spam")].tolist()
+
+    def p_spam(self, texts: Sequence[str], calibrated: bool = True) -> list[float]:
+        """Calibrated spam probability per text (calibrated=False: the raw softmax). Raises ValueError on an empty text."""
+        return self.probabilities(self.logits(texts), calibrated)
+
+    def classify(self, texts: list[str], threshold: float | None = None) -> list[tuple[str, float]]:
+        """("spam" | "ham", calibrated p_spam) per text, at `threshold` (default: the checkpoint's)."""
+        t = self.threshold if threshold is None else threshold
+        return [(label_of(p, t), p) for p in self.p_spam(texts)]
+
+    @torch.no_grad()
+    def explain(self, text: str) -> Explanation:
+        """Each word's effect on the calibrated p_spam, by occlusion, in one batched forward pass (see the module
+        docstring). Raises ValueError on an empty text."""
+        ids = encode(self.tokenizer, text, self.max_length)
+        # Only the start the classifier reads is occluded: the unread rest never reaches the model.
+        kept = len(self.tokenizer.decode(ids))
+        words = occlusions(text[:kept], EXPLAIN_MAX_WORDS)
+        seqs = [ids] + [self.tokenizer.encode(v)[:self.max_length] or [self.tokenizer.eot_id] for _, v in words]
+        batch, mask = collate(seqs, self.tokenizer.eot_id, self.max_length)
+        device = next(self.model.parameters()).device
+        p = self.probabilities(self.model(batch.to(device), attention_mask=mask.to(device)).float().cpu())
+        return Explanation(p[0], [(w, p[0] - q) for (w, _), q in zip(words, p[1:])])
+
+    def verdicts(self, texts: list[str], threshold: float | None = None) -> list[Verdict]:
+        """Verdict(label, p_spam, band) per text, at `threshold` (default: the checkpoint's)."""
+        t = self.threshold if threshold is None else threshold
+        return [Verdict(label_of(p, t), p, band_of(p, t)) for p in self.p_spam(texts)]

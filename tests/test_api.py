@@ -130,6 +130,36 @@ def test_classify_matches_the_library(spam_client, spam_ckpt):
         assert 0 <= d["p_spam"] <= 1 and (d["label"] == "spam") == (d["p_spam"] >= SPAM_THRESHOLD)
 
 
+def test_classify_threshold_override_and_bands(spam_client, spam_ckpt):
+    from llm.spam import SPAM_THRESHOLD, SpamClassifier, band_of
+    texts = ["WINNER!! Claim your prize now", "See you at 7?", "ok"]
+    p = SpamClassifier.load(spam_ckpt, device="cpu").p_spam(texts)
+    default = spam_client.post("/v1/classify", json={"texts": texts}).json()
+    assert default["threshold"] == SPAM_THRESHOLD
+    assert [d["band"] for d in default["data"]] == [band_of(q) for q in p]
+    low = min(p) * 0.9
+    r = spam_client.post("/v1/classify", json={"texts": texts, "threshold": low})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["threshold"] == low
+    assert [d["label"] for d in body["data"]] == ["spam"] * 3
+    assert [d["band"] for d in body["data"]] == [band_of(q, low) for q in p]
+    assert [d["p_spam"] for d in body["data"]] == [d["p_spam"] for d in default["data"]]  # labels move, not p
+
+
+def test_classify_uses_the_checkpoint_threshold(tmp_path):
+    torch.manual_seed(1)
+    ckpt = save_checkpoint(GPTClassifier(TINY, 2).eval(), tmp_path / "spam",
+                           metadata={"labels": ["ham", "spam"], "max_length": 64, "threshold": 1e-6})
+    runtime = runtime_of(spam_loader(ckpt), lambda: None)
+    try:
+        with fastapi_testclient.TestClient(api.create_app(runtime, api_key="")) as c:
+            body = c.post("/v1/classify", json={"texts": ["hi", "see you"]}).json()
+        assert body["threshold"] == 1e-6 and [d["label"] for d in body["data"]] == ["spam", "spam"]
+    finally:
+        runtime.close()
+
+
 def test_concurrent_classify_requests_are_batched_and_each_gets_its_own_answer(spam_client, spam_ckpt):
     from concurrent.futures import ThreadPoolExecutor
     from llm.spam import SpamClassifier
@@ -158,6 +188,13 @@ BAD_CLASSIFY = {
     "body is a list": dict(json=["a", "b"]),
     "wrong field name": dict(json={"text": ["a"]}),
     "extra field": dict(json={"texts": ["a"], "temperature": 1}),
+    "threshold 0": dict(json={"texts": ["a"], "threshold": 0}),
+    "threshold 1": dict(json={"texts": ["a"], "threshold": 1}),
+    "threshold above 1": dict(json={"texts": ["a"], "threshold": 1.5}),
+    "negative threshold": dict(json={"texts": ["a"], "threshold": -0.2}),
+    "threshold as a string": dict(json={"texts": ["a"], "threshold": "0.5"}),
+    "threshold a boolean": dict(json={"texts": ["a"], "threshold": True}),
+    "threshold NaN": dict(content=b'{"texts": ["a"], "threshold": NaN}', headers={"content-type": "application/json"}),
     "texts not a list": dict(json={"texts": "a"}),
     "text not a string": dict(json={"texts": [1, 2]}),
     "null text": dict(json={"texts": [None]}),
@@ -166,6 +203,7 @@ BAD_CLASSIFY = {
     "10,000 texts": dict(json={"texts": ["hello"] * 10_000}),
     "1 MB text": dict(json={"texts": ["a" * 1_000_000]}),
     "3 MB body": dict(json={"texts": ["a" * 3_000_000]}),
+    "17 texts to explain": dict(json={"texts": ["hello"] * 17, "explain": True}),
 }
 
 
@@ -483,3 +521,18 @@ def test_the_server_shuts_down_while_a_client_stalls_mid_request(spam_ckpt, inst
     finally:
         if server.poll() is None:
             server.kill()
+
+
+def test_classify_explain_returns_the_top_words(spam_client, spam_ckpt):
+    from llm.spam import SpamClassifier
+    texts = ["win a cash prize now", "see you at seven"]
+    plain = spam_client.post("/v1/classify", json={"texts": texts}).json()
+    assert all("explanation" not in d for d in plain["data"])
+    r = spam_client.post("/v1/classify", json={"texts": texts, "explain": True})
+    assert r.status_code == 200, r.text
+    clf = SpamClassifier.load(spam_ckpt, device="cpu")
+    for d, t in zip(r.json()["data"], texts):
+        e = clf.explain(t)
+        assert [w["word"] for w in d["explanation"]["towards_spam"]] == [w for w, _ in e.towards_spam()]
+        assert [w["word"] for w in d["explanation"]["towards_ham"]] == [w for w, _ in e.towards_ham()]
+    assert_error(spam_client.post("/v1/classify", json={"texts": texts, "explain": 1}), (400, 400))

@@ -30,6 +30,26 @@ def test_format_verdict_has_label_probability_and_cue():
     assert chat.format_verdict("ham", 0.0123) == "🟢 **Ham — 1.2%** spam probability"
 
 
+def test_format_verdict_names_the_band_and_never_says_100_percent():
+    assert chat.format_verdict("spam", 0.9996, "spam") == "🔴 **Spam — > 99.9%** spam probability"
+    assert chat.format_verdict("ham", 0.0004, "ham") == "🟢 **Ham — < 0.1%** spam probability"
+    assert chat.format_verdict("spam", 0.72, "likely spam") == "🟠 **Likely spam — 72.0%** spam probability"
+    assert chat.format_verdict("ham", 0.35, "unsure") == "🟡 **Unsure — 35.0%** spam probability (counted as ham)"
+
+
+def test_the_verdict_line_uses_the_classifier_threshold_and_bands(make_runtime):
+    class Calibrated(KeywordClassifier):
+        threshold = 0.3
+
+        def classify(self, texts):
+            self.calls.append(list(texts))
+            return [("?", 0.35 if "maybe" in t else 0.25) for t in texts]  # the runtime relabels at the threshold
+
+    reply = run(chat.spam_reply(make_runtime(spam=Calibrated), "maybe a prize\nsee you"))
+    assert "🟠 **Likely spam — 35.0%**" in reply and "🟡 **Unsure — 25.0%** spam probability (counted as ham)" in reply
+    assert reply.startswith("**2 messages: 1 spam, 1 ham**")
+
+
 def test_single_message_gets_one_verdict(make_runtime):
     reply = run(chat.spam_reply(make_runtime(), "WINNER!! Claim your £900 prize now, call 09061701461"))
     assert reply == "🔴 **Spam — 97.3%** spam probability"

@@ -228,7 +228,8 @@ def test_ill_formed_config_is_refused_by_name(good, tmp_path, case):
 
 def test_metadata_the_loaders_read_is_checked_on_load(good, tmp_path, tokenizer):
     for n, meta in enumerate(({"labels": "ham,spam"}, {"labels": ["ham", "eggs"]}, {"max_length": "32"},
-                              {"max_length": 10**6}, {"max_length": 0})):
+                              {"max_length": 10**6}, {"max_length": 0}, {"threshold": 1.5}, {"threshold": "0.5"},
+                              {"threshold": 0}, {"temperature": 0}, {"temperature": "1"})):
         ckpt = tmp_path / f"spam{n}"
         shutil.copytree(good["classifier"], ckpt)
         _edit_config(ckpt, lambda c: c.update(metadata=meta))

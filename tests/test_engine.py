@@ -264,3 +264,22 @@ def test_other_precisions_batch_too(model, tokenizer, prompts, tmp_path, precisi
     agree = sum(g.ids == a.ids for g, a in zip(got, alone))
     assert agree >= 3, [(g.ids, a.ids) for g, a in zip(got, alone)]  # low precision: rounding may differ by batch
     engine.close()
+
+
+def test_a_costly_classifier_takes_one_text_per_iteration():
+    """A classifier-like object may ask for smaller batches (explanations: one long forward pass per text)."""
+    engine = GenerationEngine(EngineLimits(classify_batch=32))
+    calls = []
+
+    class Costly:
+        max_batch = 1
+
+        def classify(self, texts):
+            calls.append(len(texts))
+            return [("ham", 0.1)] * len(texts)
+
+    async def main():
+        return await engine.classify(Costly(), ["a", "b", "c"])
+
+    assert len(asyncio.run(main())) == 3 and calls == [1, 1, 1]
+    engine.close()

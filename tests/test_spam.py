@@ -213,3 +213,241 @@ def test_finetune_briefly_on_real_messages(base_model_dir, tokenizer, tmp_path):
     acc = sum(lab == p for (lab, _), (p, _) in zip(test, preds)) / len(test)
     assert acc >= 0.85
     assert (tmp_path / "ck/loss.png").is_file() and (tmp_path / "ck/train_metrics.json").is_file()
+
+
+# ----------------------------------------------------------------------------- operating point, calibration, bands
+def _ckpt_with(tmp_path, name="spam", **meta):
+    torch.manual_seed(0)
+    return save_checkpoint(GPTClassifier(TINY, 2).eval(), tmp_path / name,
+                           metadata={"labels": list(LABELS), "max_length": 16, **meta})
+
+
+TEXTS = ["hello there", "FREE prize, call now", "see you at 7", "WIN WIN WIN cash"]
+
+
+def test_the_checkpoint_threshold_decides_the_label(tmp_path, tokenizer):
+    p = SpamClassifier.load(_ckpt_with(tmp_path, "default"), device="cpu").p_spam(TEXTS)
+    assert SpamClassifier.load(_ckpt_with(tmp_path, "default"), device="cpu").threshold == SPAM_THRESHOLD
+    low, high = min(p) * 0.99, min(max(p) * 1.01, 0.999999)
+    everything = SpamClassifier.load(_ckpt_with(tmp_path, "low", threshold=low), device="cpu")
+    nothing = SpamClassifier.load(_ckpt_with(tmp_path, "high", threshold=high), device="cpu")
+    assert everything.threshold == low
+    assert [lab for lab, _ in everything.classify(TEXTS)] == ["spam"] * 4
+    assert [lab for lab, _ in nothing.classify(TEXTS)] == ["ham"] * 4
+    assert [q for _, q in nothing.classify(TEXTS)] == pytest.approx(p)  # the threshold moves labels, not probabilities
+    assert [lab for lab, _ in nothing.classify(TEXTS, threshold=low)] == ["spam"] * 4  # a caller may override
+    v = everything.verdicts(TEXTS)
+    assert [x.label for x in v] == ["spam"] * 4 and all(x.band in ("spam", "likely spam") for x in v)
+
+
+@pytest.mark.parametrize("meta", [{"threshold": 0}, {"threshold": 1}, {"threshold": 1.5}, {"threshold": "0.7"},
+                                  {"threshold": True}, {"threshold": None}, {"temperature": 0}, {"temperature": -2.0},
+                                  {"temperature": "2"}, {"temperature": False}])
+def test_bad_threshold_or_temperature_metadata_is_a_checkpoint_error(meta, tmp_path, tokenizer):
+    with pytest.raises(CheckpointError, match="threshold|temperature"):
+        SpamClassifier.load(_ckpt_with(tmp_path, **meta), device="cpu")
+
+
+def test_the_temperature_divides_the_logits(tmp_path, tokenizer):
+    raw = SpamClassifier.load(_ckpt_with(tmp_path, "raw"), device="cpu")
+    hot = SpamClassifier.load(_ckpt_with(tmp_path, "hot", temperature=4.0), device="cpu")
+    logits = raw.logits(TEXTS).double()
+    assert hot.p_spam(TEXTS) == pytest.approx(torch.softmax(logits / 4, -1)[:, 1].tolist(), abs=1e-6)
+    assert hot.p_spam(TEXTS, calibrated=False) == pytest.approx(raw.p_spam(TEXTS), abs=1e-6)
+
+
+def test_fit_temperature_recovers_an_overconfident_scale():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(20_000, generator=g) * 2
+    y = (torch.rand(20_000, generator=g) < torch.sigmoid(z)).long()  # calibrated when the logit is z
+    logits = torch.stack([torch.zeros_like(z), 3 * z], 1)  # 3x overconfident
+    t = cli.fit_temperature(logits, y.tolist())
+    assert t == pytest.approx(3.0, rel=0.05)
+    assert cli.nll(logits, y, t) < cli.nll(logits, y)
+    p_before = torch.softmax(logits, -1)[:, 1].tolist()
+    p_after = torch.softmax(logits / t, -1)[:, 1].tolist()
+    assert cli.ece(p_after, y.tolist()) < 0.02 < cli.ece(p_before, y.tolist())
+    assert cli.brier(p_after, y.tolist()) < cli.brier(p_before, y.tolist())
+
+
+def test_ece_brier_and_bins_by_hand():
+    assert cli.ece([0.5] * 4, [0, 1, 0, 1]) == 0 and cli.brier([0.5] * 4, [0, 1, 0, 1]) == 0.25
+    assert cli.ece([1.0, 0.0], [0, 1]) == 1 and cli.brier([1.0, 0.0], [0, 1]) == 1
+    bins = cli.reliability_bins([0.0, 0.05, 1.0, 0.99], [0, 1, 1, 1])
+    assert [(n, round(m, 3), f) for _, _, n, m, f in bins] == [(2, 0.025, 0.5), (2, 0.995, 1.0)]  # 1.0 in the last bin
+
+
+def test_threshold_for_precision_is_the_lowest_reaching_the_target():
+    p = [0.95, 0.9, 0.8, 0.7, 0.6, 0.4, 0.3]
+    y = [1, 1, 0, 1, 1, 0, 1]
+    assert cli.threshold_for_precision(p, y, 0.8) == (0.6, 0.8, True)  # 4 of 5 at 0.6
+    assert cli.threshold_for_precision(p, y, 1.0) == (0.9, 1.0, True)
+    t, prec, met = cli.threshold_for_precision([0.9, 0.8], [0, 1], 0.9)
+    assert not met and (t, prec) == (0.8, 0.5)  # unreachable: the best precision, reported as not met
+
+
+def test_bands_and_displayed_probabilities():
+    from llm.spam import band_of, format_probability
+    assert [band_of(p) for p in (0.95, 0.9, 0.7, 0.5, 0.49, 0.2, 0.19, 0.0)] == \
+        ["spam", "spam", "likely spam", "likely spam", "unsure", "unsure", "ham", "ham"]
+    assert band_of(0.93, threshold=0.95) == "unsure" and band_of(0.96, threshold=0.95) == "spam"
+    assert band_of(0.15, threshold=0.1) == "likely spam" and band_of(0.05, threshold=0.1) == "ham"
+    assert format_probability(0.9996) == "> 99.9%" and format_probability(1.0) == "> 99.9%"
+    assert format_probability(0.0004) == "< 0.1%" and format_probability(0.0) == "< 0.1%"
+    assert format_probability(0.9994) == "99.9%" and format_probability(0.973) == "97.3%"
+
+
+def _write_data(root, rows_by_split, set_name="natural"):
+    for split, rows in rows_by_split.items():
+        write_split(rows, root / set_name / f"{split}.csv")
+
+
+def test_train_with_target_precision_stores_a_threshold_reaching_it(tiny_checkpoint, tokenizer, tmp_path):
+    rows = synthetic_rows(48, 16)
+    _write_data(tmp_path / "data", {"train": rows, "validation": synthetic_rows(30, 10)})
+    args = cli.build_parser().parse_args([
+        "train", "--device", "cpu", "--data-dir", str(tmp_path / "data"), "--base", str(tiny_checkpoint),
+        "--epochs", "2", "--batch-size", "8", "--lr", "1e-3", "--eval-every", "4", "--average", "0",
+        "--target-precision", "0.95", "--out", str(tmp_path / "ck")])
+    metrics = cli.train(args)
+    meta = json.loads((tmp_path / "ck/config.json").read_text())["metadata"]
+    assert meta["target_precision"] == 0.95 and meta["temperature"] > 0
+    assert metrics["config"]["threshold"] == meta["threshold"]
+    clf = SpamClassifier.load(tmp_path / "ck", device="cpu")
+    assert clf.threshold == meta["threshold"] and clf.temperature == meta["temperature"]
+    val = synthetic_rows(30, 10)
+    pred = [lab for lab, _ in clf.classify([t for _, t in val])]
+    s = cli.scores([LABELS.index(lab) for lab, _ in val], [LABELS.index(lab) for lab in pred])
+    assert meta["target_precision_met"], meta
+    assert s["precision"] >= 0.95 and s["precision"] == pytest.approx(meta["val_precision_at_threshold"])
+    assert meta["calibration"]["val_nll_after"] <= meta["calibration"]["val_nll_before"] + 1e-12
+
+
+def test_train_threshold_flag_is_stored_and_bad_values_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["train", "--threshold", "1"])
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["train", "--threshold", "0.3", "--target-precision", "0.9"])
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["train", "--target-precision", "0"])
+    capsys.readouterr()
+    assert cli.build_parser().parse_args(["train", "--threshold", "0.3"]).threshold == 0.3
+
+
+def test_calibrate_an_existing_checkpoint_keeps_decisions_and_metadata(tmp_path, tokenizer):
+    ck = _ckpt_with(tmp_path, threshold=0.52)
+    before = SpamClassifier.load(ck, device="cpu")
+    val = synthetic_rows(20, 10)
+    _write_data(tmp_path / "data", {"validation": val})
+    labels_before = [lab for lab, _ in before.classify([t for _, t in val] + TEXTS)]
+    assert cli.main(["calibrate", "--checkpoint", str(ck), "--data-dir", str(tmp_path / "data"), "--device", "cpu"]) == 0
+    meta = json.loads((ck / "config.json").read_text())["metadata"]
+    assert meta["max_length"] == 16 and meta["labels"] == list(LABELS)  # the rest of the metadata is kept
+    assert not list(ck.glob("*.tmp"))
+    after = SpamClassifier.load(ck, device="cpu")
+    assert after.temperature == meta["temperature"] != 1.0
+    assert [lab for lab, _ in after.classify([t for _, t in val] + TEXTS)] == labels_before
+    y = [LABELS.index(lab) for lab, _ in val]
+    logits = before.logits([t for _, t in val])
+    assert cli.nll(logits, torch.tensor(y), after.temperature) <= cli.nll(logits, torch.tensor(y))
+    # calibrating again refits from the raw logits: same temperature, same decisions
+    assert cli.main(["calibrate", "--checkpoint", str(ck), "--data-dir", str(tmp_path / "data"), "--device", "cpu"]) == 0
+    again = SpamClassifier.load(ck, device="cpu")
+    assert again.temperature == pytest.approx(after.temperature, rel=1e-6)
+    assert again.threshold == pytest.approx(after.threshold, rel=1e-6)
+
+
+def test_eval_reports_ece_brier_and_draws_reliability_diagrams(tmp_path, tokenizer, capsys):
+    pytest.importorskip("sklearn")
+    ck = _ckpt_with(tmp_path, temperature=2.0)
+    for set_name in ("natural", "balanced"):
+        _write_data(tmp_path / "data", {"train": synthetic_rows(20, 10), "test": synthetic_rows(12, 6)}, set_name)
+    assert cli.main(["eval", "--checkpoint", str(ck), "--data-dir", str(tmp_path / "data"), "--device", "cpu",
+                     "--out", str(tmp_path / "out")]) == 0
+    assert "ECE" in capsys.readouterr().out
+    m = json.loads((tmp_path / "out/eval_metrics.json").read_text())
+    assert m["temperature"] == 2.0 and m["threshold"] == SPAM_THRESHOLD
+    for set_name in ("natural", "balanced"):
+        c = m[set_name]["gpt2_classifier"]["calibration"]
+        assert {"ece_before", "ece_after", "brier_before", "brier_after", "bands"} <= set(c)
+        assert sum(c["bands"].values()) == 18
+        assert (tmp_path / f"out/reliability_{set_name}.png").stat().st_size > 1000
+
+
+def test_predict_cli_threshold_and_bands(tmp_path, tokenizer, capsys):
+    ck = str(_ckpt_with(tmp_path))
+    assert cli.main(["predict", "--checkpoint", ck, "--json", "--threshold", "0.000001", *TEXTS]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [o["label"] for o in out] == ["spam"] * 4 and all(o["band"] in ("spam", "likely spam") for o in out)
+    assert cli.main(["predict", "--checkpoint", ck, "hello"]) == 0
+    line = capsys.readouterr().out
+    assert "p_spam" in line and "%" in line
+
+
+# ----------------------------------------------------------------------------- explanations by occlusion
+class PlantedWord(torch.nn.Module):
+    """A tiny bag-of-tokens classifier: the planted word's tokens push hard towards spam, one word mildly
+    towards ham, everything else not at all. Counts its forward calls."""
+
+    def __init__(self, tokenizer, spam_word=" zebra", ham_word=" meeting"):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(tokenizer.n_vocab if hasattr(tokenizer, "n_vocab") else 50257))
+        with torch.no_grad():
+            for t in tokenizer.encode(spam_word):
+                self.weight[t] = 8.0
+            for t in tokenizer.encode(ham_word):
+                self.weight[t] = -0.5
+        self.calls = 0
+
+    def forward(self, ids, attention_mask=None):
+        self.calls += 1
+        score = (self.weight[ids] * attention_mask).sum(-1) - 4.0
+        return torch.stack([torch.zeros_like(score), score], -1)
+
+
+def test_occlusions_drop_one_word_and_its_space():
+    from llm.spam import occlusions
+    assert occlusions("win  a prize") == [("win", "a prize"), ("a", "win  prize"), ("prize", "win  a")]
+    assert occlusions("hello") == [("hello", "")]
+
+
+def test_a_planted_word_decides_the_verdict_and_is_ranked_first(tokenizer):
+    model = PlantedWord(tokenizer)
+    clf = SpamClassifier(model, tokenizer, max_length=64)
+    (label, p), = clf.classify(["see you at the meeting zebra tonight"])
+    assert label == "spam" and p > 0.95
+    assert clf.classify(["see you at the meeting tonight"])[0][0] == "ham"
+    model.calls = 0
+    e = clf.explain("see you at the meeting zebra tonight")
+    assert model.calls == 1  # the message and all its variants in ONE forward pass
+    assert e.p_spam == pytest.approx(p)
+    assert [w for w, _ in e.words] == "see you at the meeting zebra tonight".split()
+    assert e.towards_spam()[0][0] == "zebra" and e.towards_spam()[0][1] > 0.5
+    assert e.towards_ham()[0][0] == "meeting"
+    assert len(e.towards_spam()) == 1  # words without effect are in neither list
+    assert clf.explain("zebra").towards_spam()[0][0] == "zebra"  # the only word: removed, <|endoftext|> is left
+
+
+def test_explain_counts_one_forward_per_message_on_a_real_tiny_classifier(clf_checkpoint, tokenizer):
+    clf = SpamClassifier.load(clf_checkpoint, device="cpu")
+    calls = []
+    clf.model.register_forward_hook(lambda *a: calls.append(1))
+    texts = ["hello there friend", "FREE prize, call now " * 20, "ok"]
+    out = [clf.explain(t) for t in texts]
+    assert len(calls) == 3
+    assert [e.p_spam for e in out] == pytest.approx([q for _, q in clf.classify(texts)], abs=1e-5)
+    assert len(out[1].words) < len(texts[1].split())  # only the words the classifier reads (max_length 16)
+    with pytest.raises(ValueError, match="empty"):
+        clf.explain("  ")
+
+
+def test_predict_cli_explain(clf_checkpoint, tokenizer, capsys):
+    ck = str(clf_checkpoint)
+    assert cli.main(["predict", "--checkpoint", ck, "--json", "--explain", "win a prize now", "see you"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for o in out:
+        words = [w for w, _ in o["explanation"]["towards_spam"] + o["explanation"]["towards_ham"]]
+        assert set(words) <= set(o["text"].split())
+        assert all(x > 0 for _, x in o["explanation"]["towards_spam"])
+    assert cli.main(["predict", "--checkpoint", ck, "--explain", "win a prize now"]) == 0
+    assert "towards spam:" in capsys.readouterr().out

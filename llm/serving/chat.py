@@ -62,10 +62,21 @@ def busy_notice(place: int) -> str:
 
 
 # --------------------------------------------------------------------------- spam check
-def format_verdict(label: str, p_spam: float) -> str:
-    """E.g. "🔴 **Spam — 97.3%** spam probability"; the colour is the visual cue."""
-    icon, name = ("🔴", "Spam") if label == "spam" else ("🟢", "Ham")
-    return f"{icon} **{name} — {p_spam:.1%}** spam probability"
+BAND_ICONS = {"spam": "🔴", "likely spam": "🟠", "unsure": "🟡", "ham": "🟢"}
+
+
+def format_verdict(label: str, p_spam: float, band: str | None = None) -> str:
+    """E.g. "🔴 **Spam — 97.3%** spam probability"; the colour is the visual cue.
+
+    With a band (llm.spam.band_of) the verdict names it: "🟠 **Likely spam — 72.0%** ...", and "unsure" says which
+    way it was counted. Probabilities never read "100.0%" or "0.0%" (llm.spam.format_probability)."""
+    from llm.spam import format_probability
+
+    if band is None:
+        band = "spam" if label == "spam" else "ham"
+    icon = BAND_ICONS.get(band, "🔴" if label == "spam" else "🟢")
+    note = f" (counted as {label})" if band == "unsure" else ""
+    return f"{icon} **{band.capitalize()} — {format_probability(p_spam)}** spam probability{note}"
 
 
 def split_messages(text: str) -> list[str]:
@@ -95,12 +106,12 @@ def _short(text: str, n: int = 60) -> str:
 async def spam_reply(runtime, text: str) -> str:
     """The reply to a paste: one verdict, or a table when several lines are classified together."""
     messages = check_spam_text(text)
-    results = await runtime.classify(messages)
+    results = await runtime.verdicts(messages)
     if len(messages) == 1:
         return format_verdict(*results[0])
-    n_spam = sum(label == "spam" for label, _ in results)
-    rows = [f"| {i} | {format_verdict(label, p)} | {_short(m)} |"
-            for i, (m, (label, p)) in enumerate(zip(messages, results), start=1)]
+    n_spam = sum(v.label == "spam" for v in results)
+    rows = [f"| {i} | {format_verdict(*v)} | {_short(m)} |"
+            for i, (m, v) in enumerate(zip(messages, results), start=1)]
     return "\n".join([f"**{len(messages)} messages: {n_spam} spam, {len(messages) - n_spam} ham**", "",
                       "| # | verdict | message |", "|---|---|---|", *rows])
 

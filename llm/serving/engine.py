@@ -336,12 +336,14 @@ class GenerationEngine:
                 job = self._jobs.popleft()
                 self._queued_texts -= len(job.texts) - len(job.results)
             picked, n = [], 0
+            head = self._jobs[0].classifier if self._jobs else None
+            batch = min(self.limits.classify_batch, getattr(head, "max_batch", self.limits.classify_batch))
             for job in self._jobs:  # one forward pass, for one classifier (a process has one)
-                if n >= self.limits.classify_batch:
+                if n >= batch:
                     break
-                if job.cancelled or job.classifier is not self._jobs[0].classifier:
+                if job.cancelled or job.classifier is not head:
                     continue
-                take = min(len(job.texts) - len(job.results), self.limits.classify_batch - n)
+                take = min(len(job.texts) - len(job.results), batch - n)
                 picked.append((job, take))
                 n += take
         if not picked:

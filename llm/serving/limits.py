@@ -45,6 +45,7 @@ MAX_NEW_TOKENS = 1_024  # upper bound of max_tokens / the settings slider (the w
 DEFAULT_MAX_NEW_TOKENS = 256
 MAX_TEXT_CHARS = 10_000  # one message to classify (the classifier reads its first max_length tokens anyway)
 MAX_TEXTS = 500  # messages classified per request (API) or per paste (app)
+MAX_EXPLAIN_TEXTS = 16  # messages explained per request: each costs a forward pass of up to 129 rows
 MAX_STOP = 4  # stop sequences per request, as in OpenAI's API
 MAX_STOP_CHARS = 64
 MAX_SEED = 2**63 - 1  # sampling seeds are 0 .. 2^63 - 1 (torch's generator takes 64 bits)

@@ -31,9 +31,22 @@ class ContextOverflow(ValueError):
         self.prompt_tokens, self.max_new_tokens, self.context = prompt_tokens, max_new_tokens, context
 
 
+class _Explainer:
+    """A classifier's `explain`, shaped as the engine's classify contract (one result per text). One text per
+    engine iteration: each is a forward pass of up to 129 rows, so running streams wait for one at most."""
+    max_batch = 1
+
+    def __init__(self, classifier):
+        self.classifier = classifier
+
+    def classify(self, texts: list[str]) -> list:
+        return [self.classifier.explain(t) for t in texts]
+
+
 class Runtime:
     def __init__(self, specs: list[ModelSpec], limits: EngineLimits | None = None, load_now: bool = True):
         self.engine = GenerationEngine(limits or EngineLimits.from_env())
+        self._explainers: dict[int, _Explainer] = {}
         self.registry = ModelRegistry([replace(s, loader=self._warmed(s.loader)) if s.model_id == INSTRUCT_MODEL_ID
                                        else s for s in specs])
         if load_now:
@@ -59,6 +72,25 @@ class Runtime:
         """(label, p_spam) per text, batched with every other caller's texts by the engine."""
         classifier = await self.registry.get(SPAM_MODEL_ID)
         return await self.engine.classify(classifier, list(texts))
+
+    async def verdicts(self, texts: Sequence[str], threshold: float | None = None) -> list:
+        """llm.spam.Verdict(label, p_spam, band) per text, batched like `classify`. `threshold` overrides the
+        checkpoint's operating point for this call (labels and bands move; probabilities do not)."""
+        from llm.spam import SPAM_THRESHOLD, Verdict, band_of, label_of
+
+        classifier = await self.registry.get(SPAM_MODEL_ID)
+        results = await self.engine.classify(classifier, list(texts))
+        t = threshold if threshold is not None else getattr(classifier, "threshold", SPAM_THRESHOLD)
+        return [Verdict(label_of(p, t), p, band_of(p, t)) for _, p in results]
+
+    async def explain(self, texts: Sequence[str]) -> list:
+        """llm.spam.Explanation per text (occlusion: one forward pass per text), queued in the engine like
+        `classify` so that it takes turns with every other caller's work."""
+        classifier = await self.registry.get(SPAM_MODEL_ID)
+        explainer = self._explainers.get(id(classifier))
+        if explainer is None or explainer.classifier is not classifier:
+            explainer = self._explainers[id(classifier)] = _Explainer(classifier)
+        return await self.engine.classify(explainer, list(texts))
 
     async def answer(self, instruction: str, history: Sequence[tuple[str, str]] = (), input: str = "",
                      settings: GenerationSettings | None = None, clamp: bool = False) -> Stream:

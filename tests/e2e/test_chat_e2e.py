@@ -34,6 +34,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 ASSISTANT_MSG = '.step[data-step-type="assistant_message"]'
 USER_MSG = '.step[data-step-type="user_message"]'
 SPAM_TEXT = "WINNER!! Claim your £900 prize now, call 09061701461"
+VERDICT = re.compile(r"(Spam|Likely spam|Unsure|Ham) — (\d{1,3}\.\d%|> 99\.9%|< 0\.1%) spam probability")
 
 
 EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"  # so screenshots show the 🔴/🟢 users see
@@ -188,7 +189,7 @@ def test_a_message_typed_the_moment_the_page_opens_is_answered(chat_page, chainl
     page.goto("/")
     send(page, SPAM_TEXT)
     expect(page.locator(USER_MSG).last).to_contain_text("WINNER!!")
-    expect(page.locator(ASSISTANT_MSG).last).to_contain_text(re.compile(r"(Spam|Ham) — \d{1,3}\.\d% spam probability"))
+    expect(page.locator(ASSISTANT_MSG).last).to_contain_text(VERDICT)
     wait_ready(chainlit_url)
 
 
@@ -220,7 +221,7 @@ def test_assistant_streams_then_spam_check_verdict(chat_page, tmp_path):
     page.get_by_text("A prize text").click()  # the Spam check starter: sends SPAM_TEXT in the new session
     expect(page.locator(USER_MSG).last).to_contain_text("WINNER!!")
     verdict = page.locator(ASSISTANT_MSG).last
-    expect(verdict).to_contain_text(re.compile(r"(Spam|Ham) — \d{1,3}\.\d% spam probability"))
+    expect(verdict).to_contain_text(VERDICT)
     page.screenshot(path=shots / "spam_check.png")
     assert (shots / "spam_check.png").stat().st_size > 10_000
 

@@ -4,7 +4,9 @@
 
 Routes (JSON in, JSON out; errors are {"error": {"message", "type", "param", "code"}}):
     POST /v1/chat/completions   OpenAI chat completions for the instruction model (stream=true: server-sent events)
-    POST /v1/classify           {"texts": [...]} -> [{"label": "spam"|"ham", "p_spam": 0.97}, ...]
+    POST /v1/classify           {"texts": [...], "threshold"?: 0.7, "explain"?: true} -> {"threshold": 0.5, "data":
+                                [{"index": 0, "label": "spam"|"ham", "p_spam": 0.97, "band": "spam",
+                                  "explanation"?: {"towards_spam": [{"word", "effect"}], "towards_ham": [...]}}]}
     GET  /v1/models             the two models and whether each is loaded
     GET  /health                liveness + per-model readiness + the engine's load (never needs the API key)
     GET  /ready                 200 once both models are loaded, else 503 (for load balancers)
@@ -142,6 +144,12 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+def runtime_threshold(runtime) -> float:
+    """The loaded spam classifier's operating point (SPAM_THRESHOLD for a stand-in without one)."""
+    from llm.spam import SPAM_THRESHOLD
+    return float(getattr(runtime.registry.loaded(SPAM_MODEL_ID), "threshold", SPAM_THRESHOLD))
+
+
 def create_app(runtime: Runtime | None = None, api_key: str | None = None) -> FastAPI:
     """The API app over `runtime` (default: one built from the $LLM_* environment, models loading now);
     `api_key` defaults to $LLM_API_KEY (empty: no auth)."""
@@ -202,12 +210,19 @@ def create_app(runtime: Runtime | None = None, api_key: str | None = None) -> Fa
             {"id": model_id, "object": "model", "created": started, "owned_by": "local", "ready": s["ready"]}
             for model_id, s in runtime.registry.status().items()]}
 
-    @app.post("/v1/classify", response_model=ClassifyResponse, responses=error_responses(400, 401, 413, 429, 503))
+    @app.post("/v1/classify", response_model=ClassifyResponse, response_model_exclude_none=True,
+              responses=error_responses(400, 401, 413, 429, 503))
     async def classify(req: ClassifyRequest):
-        results = await runtime.classify(req.texts)
-        return {"object": "list", "model": SPAM_MODEL_ID,
-                "data": [{"index": i, "label": label, "p_spam": round(float(p), 6)}
-                         for i, (label, p) in enumerate(results)]}
+        results = await runtime.verdicts(req.texts, req.threshold)
+        threshold = req.threshold if req.threshold is not None else runtime_threshold(runtime)
+        data = [{"index": i, "label": v.label, "p_spam": round(float(v.p_spam), 6), "band": v.band}
+                for i, v in enumerate(results)]
+        if req.explain:
+            for d, e in zip(data, await runtime.explain(req.texts)):
+                d["explanation"] = {side: [{"word": w, "effect": round(float(x), 6)} for w, x in words]
+                                    for side, words in (("towards_spam", e.towards_spam()),
+                                                        ("towards_ham", e.towards_ham()))}
+        return {"object": "list", "model": SPAM_MODEL_ID, "threshold": threshold, "data": data}
 
     @app.post("/v1/chat/completions", response_model=None, responses={
         200: {"model": ChatCompletion, "content": {"text/event-stream": {"schema": {"type": "string"}}},

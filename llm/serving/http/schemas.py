@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from llm.serving.limits import (MAX_CONTENT_PARTS, MAX_MESSAGE_CHARS, MAX_MESSAGES, MAX_NEW_TOKENS, MAX_SEED, MAX_STOP,
+from llm.serving.limits import (MAX_CONTENT_PARTS, MAX_EXPLAIN_TEXTS, MAX_MESSAGE_CHARS, MAX_MESSAGES, MAX_NEW_TOKENS, MAX_SEED, MAX_STOP,
                                 MAX_STOP_CHARS, MAX_TEXT_CHARS, MAX_TEXTS)
 from llm.serving.registry import INSTRUCT_MODEL_ID
 
@@ -93,9 +93,25 @@ TEXT_SCHEMA = {"minLength": 1, "maxLength": MAX_TEXT_CHARS, "pattern": r"\S"}
 
 
 class ClassifyRequest(BaseModel):
-    model_config = STRICT
+    # With "explain": true at most MAX_EXPLAIN_TEXTS texts; stated in the schema too (if/then), so clients and
+    # schema-driven tests know it.
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
+        "if": {"properties": {"explain": {"const": True}}, "required": ["explain"]},
+        "then": {"properties": {"texts": {"maxItems": MAX_EXPLAIN_TEXTS}}}})
     texts: list[Annotated[str, Field(json_schema_extra=TEXT_SCHEMA)]] = Field(min_length=1, max_length=MAX_TEXTS)
     model: str | None = Field(default=None, max_length=200)  # accepted, ignored
+    threshold: float | None = Field(default=None, gt=0, lt=1, allow_inf_nan=False,
+                                    description="operating point on the calibrated p_spam for this request "
+                                                "(default: the checkpoint's)")
+    explain: bool = Field(default=False, description="add each text's most influential words (occlusion: one "
+                                                    "forward pass per text, so slower)")
+
+    @model_validator(mode="after")
+    def _check_explain_size(self):
+        if self.explain and len(self.texts) > MAX_EXPLAIN_TEXTS:
+            raise ValueError(f"with explain, at most {MAX_EXPLAIN_TEXTS} texts per request (each costs a forward pass "
+                             f"per word); send the others without explain")
+        return self
 
     @field_validator("texts")
     @classmethod
@@ -144,13 +160,31 @@ class ErrorBody(BaseModel):
 class Verdict(BaseModel):
     index: int
     label: Literal["spam", "ham"]
-    p_spam: float = Field(ge=0.0, le=1.0)
+    p_spam: float = Field(ge=0.0, le=1.0, description="calibrated spam probability")
+    band: Literal["spam", "likely spam", "unsure", "ham"] = Field(
+        description="spam: p >= max(0.9, threshold); likely spam: threshold <= p below that; "
+                    "unsure: min(0.2, threshold) <= p < threshold; ham: below")
+
+
+class WordEffect(BaseModel):
+    word: str
+    effect: float = Field(ge=-1.0, le=1.0, description="p_spam minus p_spam without the word")
+
+
+class Explanation(BaseModel):
+    towards_spam: list[WordEffect] = Field(description="the words whose removal lowers p_spam most, strongest first")
+    towards_ham: list[WordEffect] = Field(description="the words whose removal raises p_spam most, strongest first")
+
+
+class ExplainedVerdict(Verdict):
+    explanation: Explanation | None = Field(default=None, description="with explain=true")
 
 
 class ClassifyResponse(BaseModel):
     object: Literal["list"]
     model: str
-    data: list[Verdict]
+    threshold: float = Field(gt=0, lt=1, description="the operating point used: label is spam when p_spam >= it")
+    data: list[ExplainedVerdict]
 
 
 class ModelCard(BaseModel):
