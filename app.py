@@ -126,7 +126,12 @@ async def _spam(message: cl.Message):
         status.elements = [cl.File(name=result.filename, content=result.csv_bytes, mime="text/csv", display="inline")]
         await status.update()
     if message.content.strip() or not files:
-        await cl.Message(content=await chat.spam_reply(runtime, message.content)).send()
+        reply = cl.Message(content=await chat.spam_reply(runtime, message.content))
+        await reply.send()  # the verdict at once; the words behind it follow (one more forward pass)
+        why = await chat.explain_reply(runtime, message.content)
+        if why:
+            reply.content += "\n\n" + why
+            await reply.update()
 
 
 async def _assistant(message: cl.Message):

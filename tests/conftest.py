@@ -67,6 +67,12 @@ class KeywordClassifier:
         self.calls.append(list(texts))
         return [("spam", 0.973) if "prize" in t.lower() else ("ham", 0.012) for t in texts]
 
+    def explain(self, text):
+        """The same rule, explained: "prize" carries the verdict."""
+        from llm.spam import Explanation
+        p = self.classify([text])[0][1]
+        return Explanation(p, [(w, 0.961 if "prize" in w.lower() else 0.0) for w in text.split()])
+
 
 def tiny_instruction_model(tokenizer, n_positions: int = 256):
     """A real InstructionModel around a tiny random GPT-2 (answers are random tokens, the path is real)."""

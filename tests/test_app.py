@@ -94,7 +94,15 @@ async def test_spam_check_verdict(models):
     with chainlit_context("Spam check") as em:
         await app.on_chat_start()
         await user_says("WINNER!! Claim your £900 prize now, call 09061701461")
-    assert sent_texts(em)[-1] == "🔴 **Spam — 97.3%** spam probability"
+    assert sent_texts(em)[-1].startswith("🔴 **Spam — 97.3%** spam probability")
+
+
+async def test_spam_check_verdict_then_the_words_behind_it(models):
+    with chainlit_context("Spam check") as em:
+        await user_says("WINNER!! Claim your £900 prize now")
+    texts = sent_texts(em)
+    assert texts[-2] == "🔴 **Spam — 97.3%** spam probability"  # sent at once
+    assert texts[-1].startswith(texts[-2]) and "**prize** +96 pts" in texts[-1]  # then updated with the reasons
 
 
 async def test_spam_check_several_lines(models):
@@ -215,7 +223,7 @@ async def test_bad_upload_gets_a_clear_reply(models, tmp_path, name, data, expec
         await user_says("claim your prize")
     texts = sent_texts(em)
     assert any(expected in t for t in texts), texts
-    assert texts[-1] == "🔴 **Spam — 97.3%** spam probability"
+    assert texts[-1].startswith("🔴 **Spam — 97.3%** spam probability")
 
 
 async def test_missing_checkpoint_tells_the_command_and_keeps_running(monkeypatch, make_runtime):
@@ -257,7 +265,7 @@ async def test_a_chat_opened_while_the_model_loads_says_so_and_answers_later(mon
         assert not asked.done()  # the message waits for the model...
         release.set()
         await asyncio.wait_for(asked, 10)
-    assert sent_texts(em)[-1] == "🔴 **Spam — 97.3%** spam probability"  # ...and is answered once it is there
+    assert sent_texts(em)[-1].startswith("🔴 **Spam — 97.3%** spam probability")  # ...and is answered once it is there
 
 
 async def test_ready_route(models):

@@ -258,3 +258,13 @@ def test_a_file_with_its_own_label_column_keeps_it(make_runtime):
     result = run(chat.classify_upload(make_runtime(), "labelled.csv", data))
     rows = list(csv.DictReader(io.StringIO(result.csv_bytes.decode())))
     assert [(r["label"], r["predicted_label"]) for r in rows] == [("ham", "spam"), ("spam", "ham")]
+
+
+def test_a_single_message_gets_the_words_behind_its_verdict(make_runtime):
+    runtime = make_runtime()
+    why = run(chat.explain_reply(runtime, "WINNER!! Claim your prize now"))
+    assert "towards spam: **prize** +96 pts" in why and "towards ham" not in why
+    assert run(chat.explain_reply(runtime, "claim your prize\nsee you")) is None  # a table of several: no reasons
+    from llm.spam import Explanation
+    assert "no single word" in chat.explanation_text(Explanation(0.5, [("hi", 0.001)]))
+    assert "−7 pts" in chat.explanation_text(Explanation(0.1, [("mum", -0.07)]))

@@ -116,6 +116,30 @@ async def spam_reply(runtime, text: str) -> str:
                       "| # | verdict | message |", "|---|---|---|", *rows])
 
 
+EXPLAIN_SHOWN = 3  # words shown each way under a verdict
+EXPLAIN_MIN_EFFECT = 0.005  # smaller effects (half a percentage point) are noise, not a reason
+
+
+def explanation_text(explanation) -> str:
+    """The words under a verdict: "Why: towards spam **prize** +41 pts, ...; towards ham **dinner** −3 pts"."""
+    def words(pairs):
+        return ", ".join(f"**{_short(w, 24)}** {d * 100:+.0f} pts".replace("-", "−") for w, d in pairs
+                         if abs(d) >= EXPLAIN_MIN_EFFECT)
+    spam, ham = words(explanation.towards_spam(EXPLAIN_SHOWN)), words(explanation.towards_ham(EXPLAIN_SHOWN))
+    parts = [f"⬆️ towards spam: {spam}" if spam else "", f"⬇️ towards ham: {ham}" if ham else ""]
+    if not any(parts):
+        return "_Why: no single word moves this verdict by half a point or more._"
+    return "_Why_ (the change in spam probability without each word): " + " · ".join(p for p in parts if p)
+
+
+async def explain_reply(runtime, text: str) -> str | None:
+    """For a paste of one message, the words that drove its verdict (one batched forward pass); else None."""
+    messages = check_spam_text(text)
+    if len(messages) != 1:
+        return None
+    return explanation_text((await runtime.explain(messages))[0])
+
+
 # --------------------------------------------------------------------------- spam check: files
 @dataclass
 class FileResult:

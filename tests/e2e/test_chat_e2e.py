@@ -193,8 +193,10 @@ def test_a_message_typed_the_moment_the_page_opens_is_answered(chat_page, chainl
     wait_ready(chainlit_url)
 
 
-def test_assistant_streams_then_spam_check_verdict(chat_page, tmp_path):
+def test_assistant_streams_then_spam_check_verdict(chat_page, chainlit_url, tmp_path):
     from playwright.sync_api import expect
+
+    wait_ready(chainlit_url)  # streaming is checked on a loaded model (a loading notice would be the first render)
 
     shots = Path(os.environ.get("LLM_E2E_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
@@ -222,6 +224,7 @@ def test_assistant_streams_then_spam_check_verdict(chat_page, tmp_path):
     expect(page.locator(USER_MSG).last).to_contain_text("WINNER!!")
     verdict = page.locator(ASSISTANT_MSG).last
     expect(verdict).to_contain_text(VERDICT)
+    expect(verdict).to_contain_text("Why")  # the words behind the verdict follow it
     page.screenshot(path=shots / "spam_check.png")
     assert (shots / "spam_check.png").stat().st_size > 10_000
 
