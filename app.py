@@ -8,6 +8,7 @@ Models start loading when the process starts; GET /ready says when both are load
 """
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import chainlit as cl
@@ -118,10 +119,14 @@ async def _spam(message: cl.Message):
 
         try:
             result = await chat.classify_upload(runtime, f.name, Path(f.path).read_bytes(), progress)
-        except chat.InputError as e:
+        except (chat.InputError, EngineBusy, ModelUnavailable) as e:
             status.content = f"⚠️ {e}"
             await status.update()
             continue
+        except asyncio.CancelledError:  # Stop: say so instead of leaving "⏳ ... Press Stop to cancel"
+            status.content = f"⏹️ **{f.name}**: stopped; nothing was saved."
+            await status.update()
+            raise
         status.content = result.summary
         status.elements = [cl.File(name=result.filename, content=result.csv_bytes, mime="text/csv", display="inline")]
         await status.update()
@@ -145,17 +150,20 @@ async def _assistant(message: cl.Message):
     stream = await chat.open_answer(runtime, message.content, settings, conversation)
     cl.user_session.set("stream", stream)
     notice = None
-    if stream.queue_position:
-        notice = cl.Message(content=chat.busy_notice(stream.queue_position))
-        await notice.send()
     reply = cl.Message(content="")
-    async for piece in stream:
+    try:
+        if stream.queue_position:
+            notice = cl.Message(content=chat.busy_notice(stream.queue_position))
+            await notice.send()
+        async for piece in stream:
+            if notice is not None:
+                await notice.remove()
+                notice = None
+            await reply.stream_token(piece)
+    finally:  # also on Stop, an engine error or a closed socket: free the slot, take the notice down
+        stream.cancel()
         if notice is not None:
             await notice.remove()
-            notice = None
-        await reply.stream_token(piece)
-    if notice is not None:
-        await notice.remove()
     conversation.add(message.content.strip(), reply.content)
     if not reply.content.strip():
         reply.content = "_(no answer: the model stopped before writing anything)_"

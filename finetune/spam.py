@@ -4,6 +4,8 @@
     python -m finetune.spam train --base gpt2 --out checkpoints/spam [--target-precision P | --threshold T]
     python -m finetune.spam calibrate --checkpoint checkpoints/spam   # refit the temperature, no retraining
     python -m finetune.spam eval --checkpoint checkpoints/spam  # both test sets + TF-IDF baseline + calibration
+        [--challenge PATH | --no-challenge] [--robustness]    # + the held-out finetune/data/sms_challenge.csv
+                                                                # + accuracy under finetune/robustness.py rewrites
     python -m finetune.spam predict [--json] "text" ... | --file messages.csv|tsv|txt
 
 After training, a temperature T is fitted on the validation set (minimum NLL of softmax(logits / T)) and the
@@ -441,6 +443,117 @@ def plot_reliability(curves: dict[str, Sequence[float]], y: Sequence[int], path:
     plt.close(fig)
 
 
+# ---------------------------------------------------------------------------------------------
+# eval: the held-out challenge set and the robustness variants
+# ---------------------------------------------------------------------------------------------
+
+CHALLENGE_FILE = Path(__file__).resolve().parent / "data" / "sms_challenge.csv"  # see finetune/data/README.md
+
+
+def read_challenge(path: str | Path) -> list[tuple[str, str, str]]:
+    """(label, text, category) rows of a challenge CSV with columns label,text,category."""
+    import csv
+    path = Path(path)
+    if not path.is_file():
+        raise SpamDataError(f"{path} does not exist. Pass --challenge PATH (columns label,text,category) or --no-challenge.")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"label", "text", "category"} - set(reader.fieldnames or ())
+        if missing:
+            raise SpamDataError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(sorted(missing))}; "
+                                "a challenge file has the columns label,text,category")
+        rows = [(r["label"].strip(), r["text"], r["category"].strip()) for r in reader]
+    bad = [i + 2 for i, (lab, t, _) in enumerate(rows) if lab not in LABELS or not t.strip()]
+    if bad:
+        raise SpamDataError(f"{path}: line {', '.join(map(str, bad[:10]))}: the label must be ham or spam and the text non-empty")
+    if not rows:
+        raise SpamDataError(f"{path} has no messages")
+    return rows
+
+
+def challenge_report(clf: SpamClassifier, rows: Sequence[tuple[str, str, str]], out_dir: Path,
+                     source: str = "") -> tuple[dict, list[float]]:
+    """Scores, calibration (ECE/Brier before and after, bands), per-category accuracy and every misclassified
+    message of a (label, text, category) set; draws reliability_challenge.png. Returns (report, calibrated p_spam)."""
+    threshold = clf.threshold
+    y = [LABELS.index(r[0]) for r in rows]
+    t0 = time.perf_counter()
+    logits = clf.logits([r[1] for r in rows])
+    p, p_raw = clf.probabilities(logits), clf.probabilities(logits, calibrated=False)
+    out = scores(y, [int(q >= threshold) for q in p])
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    out["source"] = source
+    out["calibration"] = {"ece_before": ece(p_raw, y), "ece_after": ece(p, y),
+                          "brier_before": brier(p_raw, y), "brier_after": brier(p, y),
+                          "bands": {b: sum(band_of(q, threshold) == b for q in p) for b in BANDS}}
+    cats: dict[str, dict] = {}
+    for (lab, _, cat), q in zip(rows, p):
+        c = cats.setdefault(cat, {"label": lab, "n": 0, "correct": 0})
+        if c["label"] != lab:
+            c["label"] = "mixed"
+        c["n"] += 1
+        c["correct"] += (q >= threshold) == (lab == "spam")
+    for c in cats.values():
+        c["accuracy"] = c["correct"] / c["n"]
+    out["per_category"] = dict(sorted(cats.items(), key=lambda kv: (kv[1]["label"], kv[0])))
+    out["errors"] = [{"label": lab, "category": cat, "p_spam": round(q, 4), "text": t}
+                     for (lab, t, cat), q in zip(rows, p) if (q >= threshold) != (lab == "spam")]
+    plot_reliability({"uncalibrated": p_raw, f"calibrated (T={clf.temperature:.2f})": p}, y,
+                     out_dir / "reliability_challenge.png", f"challenge set (n={len(y)})")
+    return out, p
+
+
+def print_challenge(c: dict) -> None:
+    cal = c["calibration"]
+    print(f"challenge set ({c['source']}, n={c['n']}): accuracy {c['accuracy']:.4f}  precision {c['precision']:.4f}  "
+          f"recall {c['recall']:.4f}  F1 {c['f1']:.4f}  ({c['confusion']})")
+    print(f"  ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}   Brier {cal['brier_before']:.4f} -> "
+          f"{cal['brier_after']:.4f}   bands {', '.join(f'{b} {n}' for b, n in cal['bands'].items())}")
+    print("  per category:")
+    for name, k in c["per_category"].items():
+        print(f"    {k['label']:4s} {name:22s} {k['correct']:3d}/{k['n']:<3d} {k['accuracy']:.3f}")
+    print(f"  misclassified ({len(c['errors'])}):")
+    for e in c["errors"]:
+        short = e["text"] if len(e["text"]) <= 90 else e["text"][:87] + "..."
+        print(f"    {e['label']:4s} p_spam {e['p_spam']:.4f}  [{e['category']}] {short!r}")
+
+
+def robustness_report(clf: SpamClassifier, sets: dict[str, tuple[Sequence[tuple], Sequence[float]]]) -> dict:
+    """Accuracy of each finetune.robustness transform beside the clean accuracy, per set.
+
+    `sets`: name -> (rows (label, text, ...), clean calibrated p_spam). Per variant: accuracy, F1, how many
+    decisions changed against the clean text, the confusion counts, and the seconds of its forward pass."""
+    from finetune.robustness import TRANSFORMS, variants
+    threshold = clf.threshold
+    out: dict = {"transforms": list(TRANSFORMS), "sets": {}}
+    for set_name, (rows, p_clean) in sets.items():
+        y = [LABELS.index(r[0]) for r in rows]
+        clean = [int(q >= threshold) for q in p_clean]
+        s = scores(y, clean)
+        res = {"clean": {"accuracy": s["accuracy"], "f1": s["f1"], "confusion": s["confusion"]}}
+        for name in TRANSFORMS:
+            t0 = time.perf_counter()
+            pred = [int(q >= threshold) for q in clf.p_spam([r[1] for r in variants(rows, name)])]
+            v = scores(y, pred)
+            res[name] = {"accuracy": v["accuracy"], "f1": v["f1"], "confusion": v["confusion"], "delta": v["accuracy"] - s["accuracy"],
+                         "flipped": sum(a != b for a, b in zip(pred, clean)), "seconds": round(time.perf_counter() - t0, 1)}
+        out["sets"][set_name] = {"n": len(rows), **res}
+    return out
+
+
+def print_robustness(r: dict) -> None:
+    names = list(r["sets"])
+    print("robustness (accuracy; change against clean; decisions flipped):")
+    print(f"  {'variant':12s}" + "".join(f" {n + ' (n=' + str(r['sets'][n]['n']) + ')':>34s}" for n in names))
+    for v in ["clean", *r["transforms"]]:
+        cells = []
+        for n in names:
+            x = r["sets"][n][v]
+            cells.append(f"{x['accuracy']:.4f}" if v == "clean" else
+                         f"{x['accuracy']:.4f} ({x['delta']:+.4f}, {x['flipped']:3d} flips, {x['seconds']:4.1f}s)")
+        print(f"  {v:12s}" + "".join(f" {c:>34s}" for c in cells))
+
+
 def run_eval(args) -> dict:
     clf = SpamClassifier.load(args.checkpoint, args.device, args.precision, args.bpe_dir)
     ckpt = Path(args.checkpoint or clf_path_default())
@@ -448,6 +561,9 @@ def run_eval(args) -> dict:
     threshold = clf.threshold
     result = {"checkpoint": str(ckpt), "threshold": threshold, "temperature": clf.temperature}
     rows_fmt = "{:10s} {:22s} {:>6s} {:>9s} {:>9s} {:>7s} {:>7s}"
+    challenge_rows = None if args.no_challenge else read_challenge(args.challenge)  # a bad file fails before the passes
+    clean = {}  # set name -> (rows, calibrated p_spam), for the robustness variants
+    t_start = time.perf_counter()
     print(rows_fmt.format("test set", "model", "n", "accuracy", "precision", "recall", "F1"))
     for set_name in ("natural", "balanced"):
         d = Path(args.data_dir) / set_name
@@ -458,6 +574,7 @@ def run_eval(args) -> dict:
         p, p_raw = clf.probabilities(logits), clf.probabilities(logits, calibrated=False)
         ours = scores(y, [int(q >= threshold) for q in p])
         ours["seconds"] = round(time.perf_counter() - t0, 1)
+        clean[set_name] = (test_rows, p)
         ours["calibration"] = {"ece_before": ece(p_raw, y), "ece_after": ece(p, y),
                                "brier_before": brier(p_raw, y), "brier_after": brier(p, y),
                                "bands": {b: sum(band_of(q, threshold) == b for q in p) for b in BANDS}}
@@ -477,10 +594,24 @@ def run_eval(args) -> dict:
         print(f"  {set_name:9s} ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}   "
               f"Brier {c['brier_before']:.4f} -> {c['brier_after']:.4f}   "
               f"bands {', '.join(f'{b} {n}' for b, n in c['bands'].items())}")
+    if challenge_rows is not None:
+        result["challenge"], p_challenge = challenge_report(clf, challenge_rows, out_dir, str(args.challenge))
+        clean["challenge"] = (challenge_rows, p_challenge)
+        print_challenge(result["challenge"])
+    if args.robustness:
+        sets = {k: clean[k] for k in ("natural", "challenge") if k in clean}
+        t0 = time.perf_counter()
+        result["robustness"] = robustness_report(clf, sets)
+        result["robustness"]["seconds"] = round(time.perf_counter() - t0, 1)
+        print_robustness(result["robustness"])
+        print(f"  robustness pass: {result['robustness']['seconds']:.1f} s")
+    result["seconds"] = round(time.perf_counter() - t_start, 1)
     path = out_dir / "eval_metrics.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
+    extra = "" if args.no_challenge else f", {out_dir / 'reliability_challenge.png'}"
     print(f"metrics {path}; confusion matrices {out_dir / 'confusion_natural.png'}, {out_dir / 'confusion_balanced.png'}; "
-          f"reliability diagrams {out_dir / 'reliability_natural.png'}, {out_dir / 'reliability_balanced.png'}")
+          f"reliability diagrams {out_dir / 'reliability_natural.png'}, {out_dir / 'reliability_balanced.png'}{extra}; "
+          f"eval {result['seconds']:.1f} s")
     return result
 
 
@@ -636,6 +767,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", default=None, help="classifier checkpoint (default: $LLM_SPAM_CHECKPOINT or checkpoints/spam)")
     ev.add_argument("--data-dir", default=DATA_DIR, help="folder written by `prepare`")
     ev.add_argument("--out", default=None, help="where the metrics JSON and confusion PNGs go (default: the checkpoint directory)")
+    ch = ev.add_mutually_exclusive_group()
+    ch.add_argument("--challenge", default=str(CHALLENGE_FILE), metavar="PATH",
+                    help="held-out challenge CSV (label,text,category): scores, ECE before/after, per-category accuracy, "
+                         "misclassified messages, reliability_challenge.png (default: the bundled finetune/data/sms_challenge.csv)")
+    ch.add_argument("--no-challenge", action="store_true", help="skip the challenge set")
+    ev.add_argument("--robustness", action="store_true",
+                    help="also score the natural test set and the challenge set rewritten by each transform of "
+                         "finetune/robustness.py (upper, lower, whitespace, leetspeak, modern, emoji): one more pass each")
     ev.add_argument("--threads", type=int, default=None)
     add_runtime_args(ev)
 

@@ -75,9 +75,16 @@ def fit_prompt(ids: list[int], max_new_tokens: int, context: int, eot_id: int) -
     return ids, max_new, dropped
 
 
+GREEDY_BELOW = 1e-4  # a temperature this small is greedy: dividing logits by it would overflow to inf/NaN
+
+
+def is_greedy(s: GenerationSettings) -> bool:
+    return s.temperature < GREEDY_BELOW
+
+
 def sample_next(logits: torch.Tensor, s: GenerationSettings, generator: torch.Generator | None) -> torch.Tensor:
     """Pick the next token for each row of `logits` (B, vocab)."""
-    if s.temperature == 0:
+    if is_greedy(s):
         return logits.argmax(dim=-1)
     logits = logits.float() / s.temperature
     if s.top_k is not None:

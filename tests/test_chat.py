@@ -268,3 +268,29 @@ def test_a_single_message_gets_the_words_behind_its_verdict(make_runtime):
     from llm.spam import Explanation
     assert "no single word" in chat.explanation_text(Explanation(0.5, [("hi", 0.001)]))
     assert "−7 pts" in chat.explanation_text(Explanation(0.1, [("mum", -0.07)]))
+
+
+def test_requests_waiting_on_a_failing_load_share_one_attempt():
+    import threading as th
+    from pathlib import Path
+
+    from llm.serving.registry import ModelRegistry, ModelSpec, ModelUnavailable
+
+    attempts, gate = [], th.Event()
+
+    def broken():
+        attempts.append(1)
+        gate.wait(5)
+        raise RuntimeError("truncated checkpoint")
+
+    registry = ModelRegistry([ModelSpec("m", "assistant", lambda: Path("x"), "Create it with: make", broken)])
+
+    async def many():
+        tasks = [asyncio.create_task(registry.get("m")) for _ in range(5)]
+        await asyncio.sleep(0.2)
+        gate.set()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = run(many())
+    assert all(isinstance(r, ModelUnavailable) for r in results)
+    assert len(attempts) == 1  # not five loads of the same broken file in a row

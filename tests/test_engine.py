@@ -283,3 +283,95 @@ def test_a_costly_classifier_takes_one_text_per_iteration():
 
     assert len(asyncio.run(main())) == 3 and calls == [1, 1, 1]
     engine.close()
+
+
+def test_one_rows_broken_sampling_ends_that_row_only(model, tokenizer, prompts, monkeypatch):
+    import llm.serving.engine as eng_mod
+    real = eng_mod.sample_next
+
+    def flaky(logits, s, generator):
+        if s.seed == 666:
+            raise RuntimeError("probability tensor contains inf")
+        return real(logits, s, generator)
+
+    monkeypatch.setattr(eng_mod, "sample_next", flaky)
+    lm = LM(model, tokenizer)
+    engine = GenerationEngine(EngineLimits(max_running=4))
+    good = GenerationSettings(max_new_tokens=12)
+    bad = GenerationSettings(max_new_tokens=12, temperature=1.0, seed=666)
+    out = {}
+
+    def run(i, s):
+        try:
+            out[i] = engine.generate(lm, prompts[i], s, timeout=30).ids
+        except RuntimeError as e:
+            out[i] = e
+
+    threads = [threading.Thread(target=run, args=(0, good)), threading.Thread(target=run, args=(1, bad))]
+    [t.start() for t in threads], [t.join() for t in threads]
+    assert isinstance(out[1], RuntimeError)
+    assert out[0] == generate(model, tokenizer, prompts[0], good).ids
+    engine.close()
+
+
+def test_a_tiny_temperature_is_greedy_not_a_crash(model, tokenizer, prompts):
+    engine = GenerationEngine(EngineLimits(max_running=2))
+    got = engine.generate(LM(model, tokenizer), prompts[0], GenerationSettings(max_new_tokens=8, temperature=1e-300))
+    assert got.ids == generate(model, tokenizer, prompts[0], GenerationSettings(max_new_tokens=8)).ids
+    engine.close()
+
+
+def test_a_kv_cache_that_cannot_be_allocated_is_an_error_not_a_hang(model, tokenizer, prompts, monkeypatch):
+    import llm.serving.engine as eng_mod
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("cannot allocate the KV cache")
+
+    monkeypatch.setattr(eng_mod, "SlotCache", no_memory)
+    engine = GenerationEngine(EngineLimits(max_running=2))
+    with pytest.raises(MemoryError):
+        engine.generate(LM(model, tokenizer), prompts[0], GenerationSettings(max_new_tokens=4), timeout=10)
+    engine.close()
+
+
+def test_close_fails_what_is_queued_and_refuses_more(model, tokenizer, prompts):
+    engine = GenerationEngine(EngineLimits(max_running=1))
+    events = []
+    engine.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.submit(LM(model, tokenizer), prompts[0], GenerationSettings(max_new_tokens=4), lambda k, v: events.append(k))
+
+
+def test_classify_queue_space_comes_back_on_cancel_and_a_bad_text_fails_only_its_job():
+    engine = GenerationEngine(EngineLimits(classify_batch=8))
+
+    class Picky:
+        def classify(self, texts):
+            if any("bad" in t for t in texts):
+                raise ValueError("cannot classify 'bad'")
+            return [("ham", 0.1)] * len(texts)
+
+    clf = Picky()
+
+    async def main():
+        good = asyncio.create_task(engine.classify(clf, ["fine", "also fine"]))
+        broken = asyncio.create_task(engine.classify(clf, ["bad one"]))
+        results = await asyncio.gather(good, broken, return_exceptions=True)
+        return results
+
+    good, broken = asyncio.run(main())
+    assert good == [("ham", 0.1)] * 2 and isinstance(broken, ValueError)
+    gate = threading.Event()
+
+    class Slow:
+        def classify(self, texts):
+            gate.wait(5)
+            return [("ham", 0.1)] * len(texts)
+
+    engine.submit_classify(Slow(), ["x"], lambda k, v: None)
+    queued = engine.submit_classify(Slow(), ["y"] * 100, lambda k, v: None)
+    before = engine.stats()["texts_to_classify"]
+    engine.cancel(queued)
+    assert engine.stats()["texts_to_classify"] == before - 100  # freed at once, not when it reaches the head
+    gate.set()
+    engine.close()

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from llm.generate import GenerationResult, GenerationSettings, TextStream, fit_prompt, sample_next
+from llm.generate import GenerationResult, GenerationSettings, TextStream, fit_prompt, is_greedy, sample_next
 from llm.serving.kv import SlotCache, slots_for
 from llm.serving.limits import EngineLimits
 from llm.serving.stream import Stream, call_soon
@@ -99,6 +99,8 @@ class GenerationEngine:
         seq = _Sequence(lm, ids, s, sink, GenerationResult("", [], dropped), TextStream(lm.tokenizer, s.stop_strings),
                         None if s.seed is None else torch.Generator(device=device).manual_seed(s.seed))
         with self._lock:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
             if len(self._waiting) >= self.limits.max_waiting:
                 raise EngineBusy("requests", len(self._waiting))
             self._waiting.append(seq)
@@ -109,6 +111,8 @@ class GenerationEngine:
     def submit_classify(self, classifier, texts: list[str], sink: Sink) -> _ClassifyJob:
         job = _ClassifyJob(classifier, list(texts), sink)
         with self._lock:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
             if self._queued_texts + len(texts) > self.limits.classify_max_queued:
                 raise EngineBusy("texts to classify", self._queued_texts)
             self._jobs.append(job)
@@ -121,6 +125,8 @@ class GenerationEngine:
         """Stop a request: it leaves at the next iteration (its slot is freed); others are untouched."""
         with self._lock:
             item.cancelled = True
+            if isinstance(item, _ClassifyJob):  # give its queue space back now, not when it reaches the head
+                self._drop_job(item)
             self._lock.notify()
 
     def queue_position(self, seq: _Sequence) -> int:
@@ -131,18 +137,24 @@ class GenerationEngine:
             return max(0, place - free)
 
     def stats(self) -> dict:
-        slots = self._cache.slots if self._cache is not None else None
-        return {"running": len(self._running), "waiting": len(self._waiting), "slots": slots,
+        cache = self._cache  # one read: a model switch may replace it meanwhile
+        return {"running": len(self._running), "waiting": len(self._waiting),
+                "slots": cache.slots if cache is not None else None,
                 "max_running": self.limits.max_running, "max_waiting": self.limits.max_waiting,
-                "kv_cache_bytes": self._cache.nbytes if self._cache is not None else 0,
-                "texts_to_classify": self._queued_texts}
+                "kv_cache_bytes": cache.nbytes if cache is not None else 0, "texts_to_classify": self._queued_texts}
 
     def close(self) -> None:
+        """Stop the scheduler; whatever is still queued or running gets an error instead of waiting forever."""
         with self._lock:
             self._closed = True
             self._lock.notify()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        closed = RuntimeError("the server is shutting down")
+        with self._lock:
+            for item in [*self._waiting, *self._running, *self._jobs]:
+                item.sink("error", closed)
+            self._waiting.clear(), self._running.clear(), self._jobs.clear()
 
     # ------------------------------------------------------------------ async conveniences
     def stream(self, lm, prompt_ids: list[int], settings: GenerationSettings) -> Stream:
@@ -166,7 +178,8 @@ class GenerationEngine:
             if not future.done() or future.cancelled():
                 self.cancel(job)
 
-    def generate(self, lm, prompt_ids: list[int], settings: GenerationSettings) -> GenerationResult:
+    def generate(self, lm, prompt_ids: list[int], settings: GenerationSettings,
+                 timeout: float | None = None) -> GenerationResult:
         """Blocking: the whole result (for scripts and tests; callers on an event loop use `stream`)."""
         done = threading.Event()
         box: dict = {}
@@ -176,8 +189,10 @@ class GenerationEngine:
                 box[kind] = value
                 done.set()
 
-        self.submit(lm, prompt_ids, settings, sink)
-        done.wait()
+        seq = self.submit(lm, prompt_ids, settings, sink)
+        if not done.wait(timeout):
+            self.cancel(seq)
+            raise TimeoutError(f"no answer from the engine in {timeout} s")
         if "error" in box:
             raise box["error"]
         return box["done"]
@@ -196,7 +211,14 @@ class GenerationEngine:
                         self._lock.wait()
                     if self._closed:
                         return
-                    self._admit()
+                    try:
+                        self._admit()
+                    except Exception as e:  # the KV cache could not be allocated (memory, device): tell them
+                        log.exception("engine could not admit requests")
+                        while self._waiting:
+                            self._waiting.popleft().sink("error", e)
+                        self._lm = self._cache = None
+                        continue
                 try:
                     self._iteration()
                 except Exception as e:  # a bug or an out-of-memory: fail what was in flight, keep serving
@@ -276,7 +298,8 @@ class GenerationEngine:
         # that is not decoding (still prefilling, or done) feeds a dummy token at its next free position,
         # which its next prefill chunk overwrites (or nobody reads); its output is ignored.
         tokens = torch.tensor([[s.result.ids[-1] if s.state == "decode" else 0] for s in rows], device=device)
-        positions = torch.tensor([s.length for s in rows], device=device)
+        # (a done row may sit at the context's end: clamp its throw-away position into the cache)
+        positions = torch.tensor([min(s.length, self._cache.context - 1) for s in rows], device=device)
         span = int(positions.max()) + 1
         mask = (torch.arange(span, device=device)[None, :] <= positions[:, None])[:, None, None, :]
         h = model.transform(tokens, positions[:, None], self._cache.decode_view(positions, span), mask, False)
@@ -291,10 +314,16 @@ class GenerationEngine:
         if seq.settings.max_new_tokens == 0:
             self._end(seq, "length")
             return
-        if seq.settings.temperature == 0 and argmax is not None:
+        if is_greedy(seq.settings) and argmax is not None:
             token = argmax
         else:
-            token = int(sample_next(logits, seq.settings, seq.generator)[0])
+            try:
+                token = int(sample_next(logits, seq.settings, seq.generator)[0])
+            except RuntimeError as e:  # this row's settings broke the sampler: end this row, not the batch
+                log.exception("sampling failed")
+                seq.sink("error", e)
+                seq.state = "done"
+                return
         if token == seq.lm.tokenizer.eot_id:
             self._end(seq, "eot")
             return
@@ -331,42 +360,52 @@ class GenerationEngine:
         seq.sink("done", seq.result)
 
     def _classify_some(self) -> None:
-        with self._lock:
-            while self._jobs and self._jobs[0].cancelled:
-                job = self._jobs.popleft()
-                self._queued_texts -= len(job.texts) - len(job.results)
+        with self._lock:  # (cancelled jobs have already left the queue: see cancel)
             picked, n = [], 0
             head = self._jobs[0].classifier if self._jobs else None
             batch = min(self.limits.classify_batch, getattr(head, "max_batch", self.limits.classify_batch))
             for job in self._jobs:  # one forward pass, for one classifier (a process has one)
                 if n >= batch:
                     break
-                if job.cancelled or job.classifier is not head:
+                if job.classifier is not head:
                     continue
                 take = min(len(job.texts) - len(job.results), batch - n)
                 picked.append((job, take))
                 n += take
         if not picked:
             return
-        flat = [t for job, take in picked for t in job.texts[len(job.results):len(job.results) + take]]
         try:
-            verdicts = picked[0][0].classifier.classify(flat)
-        except Exception as e:  # a bad input or a bug: fail these jobs only
-            log.exception("classify failed")
-            with self._lock:
-                for job, _ in picked:
-                    self._drop_job(job)
-                    job.sink("error", e)
-            return
+            verdicts = head.classify([t for job, take in picked for t in self._next_texts(job, take)])
+        except Exception:  # one caller's bad text must not fail the others: each job again, alone
+            verdicts = None
+        outcomes = []
+        for i, (job, take) in enumerate(picked):
+            if verdicts is not None:
+                start = sum(t for _, t in picked[:i])
+                outcomes.append(verdicts[start:start + take])
+                continue
+            try:
+                outcomes.append(head.classify(self._next_texts(job, take)))
+            except Exception as e:  # a bad input or a bug: this job fails, with the error
+                log.exception("classify failed")
+                outcomes.append(e)
         with self._lock:
-            i = 0
-            for job, take in picked:
-                job.results.extend(verdicts[i:i + take])
-                i += take
+            for (job, take), outcome in zip(picked, outcomes):
+                if job not in self._jobs:  # cancelled while it was being classified
+                    continue
+                if isinstance(outcome, Exception):
+                    self._drop_job(job)
+                    job.sink("error", outcome)
+                    continue
+                job.results.extend(outcome)
                 self._queued_texts -= take
                 if len(job.results) == len(job.texts):
                     self._jobs.remove(job)
                     job.sink("done", job.results)
+
+    @staticmethod
+    def _next_texts(job: _ClassifyJob, take: int) -> list[str]:
+        return job.texts[len(job.results):len(job.results) + take]
 
     def _drop_job(self, job: _ClassifyJob) -> None:
         if job in self._jobs:

@@ -41,7 +41,7 @@ class EngineLimits:
 
 # ----------------------------------------------------------------------------- input sizes (app and API)
 MAX_MESSAGE_CHARS = 4_000  # one chat message: ~1,000 tokens, GPT-2's whole context
-MAX_NEW_TOKENS = 1_024  # upper bound of max_tokens / the settings slider (the whole context)
+MAX_NEW_TOKENS = 1_024  # upper bound of the API's max_tokens (the whole context); the app's slider stops at 512
 DEFAULT_MAX_NEW_TOKENS = 256
 MAX_TEXT_CHARS = 10_000  # one message to classify (the classifier reads its first max_length tokens anyway)
 MAX_TEXTS = 500  # messages classified per request (API) or per paste (app)

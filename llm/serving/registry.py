@@ -58,8 +58,13 @@ def default_specs(spam_checkpoint=None, instruct_checkpoint=None, device=None, p
 
 class _Slot:
     def __init__(self, spec: ModelSpec):
-        self.spec, self.model, self.error, self.loading = spec, None, "not loaded yet", False
-        self.lock = threading.Lock()
+        self.spec, self.model, self.error = spec, None, "not loaded yet"
+        self.attempt: threading.Event | None = None  # set when the load in progress ends
+        self.lock = threading.Lock()  # guards `attempt` only; loading happens outside it
+
+    @property
+    def loading(self) -> bool:
+        return self.attempt is not None
 
 
 class ModelRegistry:
@@ -72,25 +77,49 @@ class ModelRegistry:
 
     def start(self) -> None:
         """Load every model in a background thread (the process answers /health meanwhile)."""
-        for slot in self._slots.values():
-            slot.loading = True
-        threading.Thread(target=lambda: [self.load(name) for name in self._slots], name="llm-load", daemon=True).start()
+        owned = [(name, self._begin(slot)) for name, slot in self._slots.items()]
+        threading.Thread(target=lambda: [self._attempt(self._slots[name], ev) for name, ev in owned if ev],
+                         name="llm-load", daemon=True).start()
 
     def load(self, model_id: str) -> Any:
-        """The model, loading it now if it is not loaded (blocking); None if it cannot be loaded."""
+        """The model, loading it now if it is not loaded (blocking); None if it cannot be loaded.
+
+        A caller that arrives while a load is in progress waits for that attempt and takes its outcome, so a
+        broken checkpoint is not loaded once more per waiting request; the next request after it tries again."""
         slot = self._slots[model_id]
-        with slot.lock:
-            if slot.model is None:
-                slot.loading = True
-                try:
-                    slot.model, slot.error = slot.spec.loader(), None
-                    log.info("%s loaded", model_id)
-                except Exception as e:  # CheckpointError, TokenizerError, OSError...: report, keep serving
-                    slot.error = str(e) or type(e).__name__
-                    log.warning("%s not available: %s", model_id, slot.error)
-                finally:
-                    slot.loading = False
+        if slot.model is not None:
             return slot.model
+        mine = self._begin(slot)
+        if mine is None:
+            with slot.lock:
+                running = slot.attempt
+            if running is not None:
+                running.wait()
+            return slot.model
+        return self._attempt(slot, mine)
+
+    @staticmethod
+    def _begin(slot: _Slot) -> threading.Event | None:
+        """A new attempt's event if none is running (the caller then loads), else None."""
+        with slot.lock:
+            if slot.attempt is not None or slot.model is not None:
+                return None
+            slot.attempt = threading.Event()
+            return slot.attempt
+
+    @staticmethod
+    def _attempt(slot: _Slot, done: threading.Event) -> Any:
+        try:
+            slot.model, slot.error = slot.spec.loader(), None
+            log.info("%s loaded", slot.spec.model_id)
+        except Exception as e:  # CheckpointError, TokenizerError, OSError...: report, keep serving
+            slot.error = str(e) or type(e).__name__
+            log.warning("%s not available: %s", slot.spec.model_id, slot.error)
+        finally:
+            with slot.lock:
+                slot.attempt = None
+            done.set()
+        return slot.model
 
     def loaded(self, model_id: str) -> Any:
         """The model if it is loaded, else None (never blocks)."""

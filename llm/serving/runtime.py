@@ -58,7 +58,7 @@ class Runtime:
         def load_and_warm():
             lm = load()
             if lm is not None:
-                self.engine.generate(lm, [lm.tokenizer.eot_id], GenerationSettings(max_new_tokens=1))
+                self.engine.generate(lm, [lm.tokenizer.eot_id], GenerationSettings(max_new_tokens=1), timeout=120)
             return lm
         return load_and_warm
 

@@ -177,6 +177,12 @@ def create_app(runtime: Runtime | None = None, api_key: str | None = None) -> Fa
     async def _busy(request: Request, e: EngineBusy):
         return _error_response(429, f"The server is busy: {e}", "rate_limit", "busy", headers={"Retry-After": "1"})
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, e: Exception):  # a bug: still an OpenAI-style JSON body, logged here
+        log.error("request failed: %s", e, exc_info=e)
+        return _error_response(500, f"The server failed on this request ({type(e).__name__}); it keeps serving.",
+                               "server_error", "internal_error")
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, e: RequestValidationError):
         status, message, param = _describe_validation(e.errors())

@@ -6,6 +6,7 @@ range comes from `llm.serving.limits`, shared with the chat app.
 """
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -88,8 +89,13 @@ class ChatCompletionRequest(BaseModel):
         return v
 
 
+# "Not blank": at least one character outside every whitespace set a client or this server may use (Python's
+# str.isspace, which counts U+001C-U+001F and U+0085, and JSON Schema's ECMA \s, which counts U+FEFF), written
+# out so that the schema and the check below agree exactly.
+_BLANK = "\\t\\n\\u000b\\u000c\\r \\u001c-\\u001f\\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff"
+NOT_BLANK = f"[^{_BLANK}]"
 # Declared in the schema (what a client may send) and checked by the validator below with friendlier messages.
-TEXT_SCHEMA = {"minLength": 1, "maxLength": MAX_TEXT_CHARS, "pattern": r"\S"}
+TEXT_SCHEMA = {"minLength": 1, "maxLength": MAX_TEXT_CHARS, "pattern": NOT_BLANK}
 
 
 class ClassifyRequest(BaseModel):
@@ -117,7 +123,7 @@ class ClassifyRequest(BaseModel):
     @classmethod
     def _check_texts(cls, v: list[str]):
         for i, t in enumerate(v):
-            if not t.strip():
+            if not re.search(NOT_BLANK, t):
                 raise ValueError(f"texts[{i}] is empty: there is nothing to classify")
             if len(t) > MAX_TEXT_CHARS:
                 raise ValueError(f"texts[{i}] has {len(t):,} characters; at most {MAX_TEXT_CHARS:,} per text")
