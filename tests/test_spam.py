@@ -19,6 +19,7 @@ from llm.config import GPTConfig
 from llm.model import GPTClassifier
 from llm.spam import (LABELS, SPAM_THRESHOLD, SpamClassifier, collate, deduplicate, encode, make_splits,
                       read_collection, write_split)
+from finetune import calibration
 from finetune import spam as cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -261,9 +262,9 @@ def test_fit_temperature_recovers_an_overconfident_scale():
     z = torch.randn(20_000, generator=g) * 2
     y = (torch.rand(20_000, generator=g) < torch.sigmoid(z)).long()  # calibrated when the logit is z
     logits = torch.stack([torch.zeros_like(z), 3 * z], 1)  # 3x overconfident
-    t = cli.fit_temperature(logits, y.tolist())
+    t = calibration.fit_temperature(logits, y.tolist())
     assert t == pytest.approx(3.0, rel=0.05)
-    assert cli.nll(logits, y, t) < cli.nll(logits, y)
+    assert calibration.nll(logits, y, t) < calibration.nll(logits, y)
     p_before = torch.softmax(logits, -1)[:, 1].tolist()
     p_after = torch.softmax(logits / t, -1)[:, 1].tolist()
     assert cli.ece(p_after, y.tolist()) < 0.02 < cli.ece(p_before, y.tolist())
@@ -273,16 +274,16 @@ def test_fit_temperature_recovers_an_overconfident_scale():
 def test_ece_brier_and_bins_by_hand():
     assert cli.ece([0.5] * 4, [0, 1, 0, 1]) == 0 and cli.brier([0.5] * 4, [0, 1, 0, 1]) == 0.25
     assert cli.ece([1.0, 0.0], [0, 1]) == 1 and cli.brier([1.0, 0.0], [0, 1]) == 1
-    bins = cli.reliability_bins([0.0, 0.05, 1.0, 0.99], [0, 1, 1, 1])
+    bins = calibration.reliability_bins([0.0, 0.05, 1.0, 0.99], [0, 1, 1, 1])
     assert [(n, round(m, 3), f) for _, _, n, m, f in bins] == [(2, 0.025, 0.5), (2, 0.995, 1.0)]  # 1.0 in the last bin
 
 
 def test_threshold_for_precision_is_the_lowest_reaching_the_target():
     p = [0.95, 0.9, 0.8, 0.7, 0.6, 0.4, 0.3]
     y = [1, 1, 0, 1, 1, 0, 1]
-    assert cli.threshold_for_precision(p, y, 0.8) == (0.6, 0.8, True)  # 4 of 5 at 0.6
-    assert cli.threshold_for_precision(p, y, 1.0) == (0.9, 1.0, True)
-    t, prec, met = cli.threshold_for_precision([0.9, 0.8], [0, 1], 0.9)
+    assert calibration.threshold_for_precision(p, y, 0.8) == (0.6, 0.8, True)  # 4 of 5 at 0.6
+    assert calibration.threshold_for_precision(p, y, 1.0) == (0.9, 1.0, True)
+    t, prec, met = calibration.threshold_for_precision([0.9, 0.8], [0, 1], 0.9)
     assert not met and (t, prec) == (0.8, 0.5)  # unreachable: the best precision, reported as not met
 
 
@@ -349,7 +350,7 @@ def test_calibrate_an_existing_checkpoint_keeps_decisions_and_metadata(tmp_path,
     assert [lab for lab, _ in after.classify([t for _, t in val] + TEXTS)] == labels_before
     y = [LABELS.index(lab) for lab, _ in val]
     logits = before.logits([t for _, t in val])
-    assert cli.nll(logits, torch.tensor(y), after.temperature) <= cli.nll(logits, torch.tensor(y))
+    assert calibration.nll(logits, torch.tensor(y), after.temperature) <= calibration.nll(logits, torch.tensor(y))
     # calibrating again refits from the raw logits: same temperature, same decisions
     assert cli.main(["calibrate", "--checkpoint", str(ck), "--data-dir", str(tmp_path / "data"), "--device", "cpu"]) == 0
     again = SpamClassifier.load(ck, device="cpu")

@@ -46,7 +46,6 @@ class _Explainer:
 class Runtime:
     def __init__(self, specs: list[ModelSpec], limits: EngineLimits | None = None, load_now: bool = True):
         self.engine = GenerationEngine(limits or EngineLimits.from_env())
-        self._explainers: dict[int, _Explainer] = {}
         self.registry = ModelRegistry([replace(s, loader=self._warmed(s.loader)) if s.model_id == INSTRUCT_MODEL_ID
                                        else s for s in specs])
         if load_now:
@@ -87,10 +86,7 @@ class Runtime:
         """llm.spam.Explanation per text (occlusion: one forward pass per text), queued in the engine like
         `classify` so that it takes turns with every other caller's work."""
         classifier = await self.registry.get(SPAM_MODEL_ID)
-        explainer = self._explainers.get(id(classifier))
-        if explainer is None or explainer.classifier is not classifier:
-            explainer = self._explainers[id(classifier)] = _Explainer(classifier)
-        return await self.engine.classify(explainer, list(texts))
+        return await self.engine.classify(_Explainer(classifier), list(texts))
 
     async def answer(self, instruction: str, history: Sequence[tuple[str, str]] = (), input: str = "",
                      settings: GenerationSettings | None = None, clamp: bool = False) -> Stream:
