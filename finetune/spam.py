@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from finetune.calibration import ECE_BINS, brier, calibrate_checkpoint, ece
+from finetune.calibration import ECE_BINS, calibrate_checkpoint
 from finetune.cli import DefaultsHelp, run_command
 from finetune.spam_eval import (CHALLENGE_FILE, challenge_report, plot_confusion, plot_reliability, print_challenge,
-                                 print_robustness, read_challenge, robustness_report, scores, tfidf_baseline)
+                                 print_robustness, read_challenge, robustness_report, score_set, tfidf_baseline)
 from finetune.optim import WeightAverage, adamw, length_grouped_batches, warmup_cosine_schedule
 from llm.checkpoint import CheckpointError, save_checkpoint
 from llm.device import pick_device
@@ -43,7 +43,7 @@ from llm.download import DownloadError
 from llm.generate import add_runtime_args
 from llm.messages_file import MessagesFileError, load_messages
 from llm.model import GPTClassifier
-from llm.spam import (BANDS, LABELS, SPAM_THRESHOLD, SpamClassifier, SpamDataError, band_of, collate, deduplicate, encode,
+from llm.spam import (LABELS, SPAM_THRESHOLD, SpamClassifier, SpamDataError, collate, deduplicate, encode,
                       fetch_data, format_probability, make_splits, read_collection, read_split, valid_threshold,
                       write_split)
 from llm.tokenizer import TokenizerError, get_tokenizer
@@ -265,15 +265,8 @@ def run_eval(args) -> dict:
         d = Path(args.data_dir) / set_name
         train_rows, test_rows = read_split(d / "train.csv"), read_split(d / "test.csv")
         y = [LABELS.index(lab) for lab, _ in test_rows]
-        t0 = time.perf_counter()
-        logits = clf.logits([t for _, t in test_rows])
-        p, p_raw = clf.probabilities(logits), clf.probabilities(logits, calibrated=False)
-        ours = scores(y, [int(q >= threshold) for q in p])
-        ours["seconds"] = round(time.perf_counter() - t0, 1)
+        ours, p, p_raw = score_set(clf, [t for _, t in test_rows], y, threshold)
         clean[set_name] = (test_rows, p)
-        ours["calibration"] = {"ece_before": ece(p_raw, y), "ece_after": ece(p, y),
-                               "brier_before": brier(p_raw, y), "brier_after": brier(p, y),
-                               "bands": {b: sum(band_of(q, threshold) == b for q in p) for b in BANDS}}
         plot_reliability({"uncalibrated": p_raw, f"calibrated (T={clf.temperature:.2f})": p}, y,
                          out_dir / f"reliability_{set_name}.png", f"{set_name} test (n={len(y)})")
         ours["errors"] = [{"label": lab, "p_spam": round(q, 4), "text": t}

@@ -13,6 +13,20 @@ from llm.spam import BANDS, LABELS, SpamClassifier, SpamDataError, band_of
 # eval
 # ---------------------------------------------------------------------------------------------
 
+def score_set(clf: SpamClassifier, texts: Sequence[str], y: Sequence[int], threshold: float):
+    """(scores with timing and the calibration block, calibrated p, uncalibrated p) of one labelled set: one
+    forward pass, then ECE and Brier before and after calibration and how many messages fall in each band."""
+    t0 = time.perf_counter()
+    logits = clf.logits(list(texts))
+    p, p_raw = clf.probabilities(logits), clf.probabilities(logits, calibrated=False)
+    out = scores(y, [int(q >= threshold) for q in p])
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    out["calibration"] = {"ece_before": ece(p_raw, y), "ece_after": ece(p, y),
+                          "brier_before": brier(p_raw, y), "brier_after": brier(p, y),
+                          "bands": {b: sum(band_of(q, threshold) == b for q in p) for b in BANDS}}
+    return out, p, p_raw
+
+
 def scores(y_true: Sequence[int], y_pred: Sequence[int]) -> dict:
     tp = sum(t == 1 and p == 1 for t, p in zip(y_true, y_pred))
     tn = sum(t == 0 and p == 0 for t, p in zip(y_true, y_pred))
@@ -108,15 +122,8 @@ def challenge_report(clf: SpamClassifier, rows: Sequence[tuple[str, str, str]], 
     message of a (label, text, category) set; draws reliability_challenge.png. Returns (report, calibrated p_spam)."""
     threshold = clf.threshold
     y = [LABELS.index(r[0]) for r in rows]
-    t0 = time.perf_counter()
-    logits = clf.logits([r[1] for r in rows])
-    p, p_raw = clf.probabilities(logits), clf.probabilities(logits, calibrated=False)
-    out = scores(y, [int(q >= threshold) for q in p])
-    out["seconds"] = round(time.perf_counter() - t0, 1)
+    out, p, p_raw = score_set(clf, [r[1] for r in rows], y, threshold)
     out["source"] = source
-    out["calibration"] = {"ece_before": ece(p_raw, y), "ece_after": ece(p, y),
-                          "brier_before": brier(p_raw, y), "brier_after": brier(p, y),
-                          "bands": {b: sum(band_of(q, threshold) == b for q in p) for b in BANDS}}
     cats: dict[str, dict] = {}
     for (lab, _, cat), q in zip(rows, p):
         c = cats.setdefault(cat, {"label": lab, "n": 0, "correct": 0})

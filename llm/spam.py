@@ -181,6 +181,11 @@ class Verdict(NamedTuple):
     p_spam: float  # calibrated
     band: str  # one of BANDS
 
+    @classmethod
+    def of(cls, p_spam: float, threshold: float) -> "Verdict":
+        """The label and band of a calibrated p_spam at `threshold`: the one place they are derived."""
+        return cls(label_of(p_spam, threshold), p_spam, band_of(p_spam, threshold))
+
 
 class Explanation(NamedTuple):
     p_spam: float  # calibrated, of the whole message
@@ -358,4 +363,4 @@ class SpamClassifier:
     def verdicts(self, texts: list[str], threshold: float | None = None) -> list[Verdict]:
         """Verdict(label, p_spam, band) per text, at `threshold` (default: the checkpoint's)."""
         t = self.threshold if threshold is None else threshold
-        return [Verdict(label_of(p, t), p, band_of(p, t)) for p in self.p_spam(texts)]
+        return [Verdict.of(p, t) for p in self.p_spam(texts)]

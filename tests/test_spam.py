@@ -21,6 +21,7 @@ from llm.spam import (LABELS, SPAM_THRESHOLD, SpamClassifier, collate, deduplica
                       read_collection, write_split)
 from finetune import calibration
 from finetune import spam as cli
+from finetune import spam_eval
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = GPTConfig(n_layer=2, n_head=2, n_embd=32, n_positions=128)
@@ -267,13 +268,13 @@ def test_fit_temperature_recovers_an_overconfident_scale():
     assert calibration.nll(logits, y, t) < calibration.nll(logits, y)
     p_before = torch.softmax(logits, -1)[:, 1].tolist()
     p_after = torch.softmax(logits / t, -1)[:, 1].tolist()
-    assert cli.ece(p_after, y.tolist()) < 0.02 < cli.ece(p_before, y.tolist())
-    assert cli.brier(p_after, y.tolist()) < cli.brier(p_before, y.tolist())
+    assert calibration.ece(p_after, y.tolist()) < 0.02 < calibration.ece(p_before, y.tolist())
+    assert calibration.brier(p_after, y.tolist()) < calibration.brier(p_before, y.tolist())
 
 
 def test_ece_brier_and_bins_by_hand():
-    assert cli.ece([0.5] * 4, [0, 1, 0, 1]) == 0 and cli.brier([0.5] * 4, [0, 1, 0, 1]) == 0.25
-    assert cli.ece([1.0, 0.0], [0, 1]) == 1 and cli.brier([1.0, 0.0], [0, 1]) == 1
+    assert calibration.ece([0.5] * 4, [0, 1, 0, 1]) == 0 and calibration.brier([0.5] * 4, [0, 1, 0, 1]) == 0.25
+    assert calibration.ece([1.0, 0.0], [0, 1]) == 1 and calibration.brier([1.0, 0.0], [0, 1]) == 1
     bins = calibration.reliability_bins([0.0, 0.05, 1.0, 0.99], [0, 1, 1, 1])
     assert [(n, round(m, 3), f) for _, _, n, m, f in bins] == [(2, 0.025, 0.5), (2, 0.995, 1.0)]  # 1.0 in the last bin
 
@@ -318,7 +319,7 @@ def test_train_with_target_precision_stores_a_threshold_reaching_it(tiny_checkpo
     assert clf.threshold == meta["threshold"] and clf.temperature == meta["temperature"]
     val = synthetic_rows(30, 10)
     pred = [lab for lab, _ in clf.classify([t for _, t in val])]
-    s = cli.scores([LABELS.index(lab) for lab, _ in val], [LABELS.index(lab) for lab in pred])
+    s = spam_eval.scores([LABELS.index(lab) for lab, _ in val], [LABELS.index(lab) for lab in pred])
     assert meta["target_precision_met"], meta
     assert s["precision"] >= 0.95 and s["precision"] == pytest.approx(meta["val_precision_at_threshold"])
     assert meta["calibration"]["val_nll_after"] <= meta["calibration"]["val_nll_before"] + 1e-12

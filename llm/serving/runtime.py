@@ -75,12 +75,12 @@ class Runtime:
     async def verdicts(self, texts: Sequence[str], threshold: float | None = None) -> list:
         """llm.spam.Verdict(label, p_spam, band) per text, batched like `classify`. `threshold` overrides the
         checkpoint's operating point for this call (labels and bands move; probabilities do not)."""
-        from llm.spam import SPAM_THRESHOLD, Verdict, band_of, label_of
+        from llm.spam import SPAM_THRESHOLD, Verdict
 
         classifier = await self.registry.get(SPAM_MODEL_ID)
-        results = await self.engine.classify(classifier, list(texts))
+        results = await self.engine.classify(classifier, list(texts))  # batched across callers, unlike clf.verdicts
         t = threshold if threshold is not None else getattr(classifier, "threshold", SPAM_THRESHOLD)
-        return [Verdict(label_of(p, t), p, band_of(p, t)) for _, p in results]
+        return [Verdict.of(p, t) for _, p in results]
 
     async def explain(self, texts: Sequence[str]) -> list:
         """llm.spam.Explanation per text (occlusion: one forward pass per text), queued in the engine like
