@@ -13,16 +13,22 @@ from pathlib import Path
 
 import chainlit as cl
 from chainlit.input_widget import Slider
+import chainlit.server as chainlit_server
+from chainlit.server import UserParam
 from chainlit.server import app as fastapi_app
+from chainlit.types import DeleteFeedbackRequest, UpdateFeedbackRequest
+from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.routing import Route
 
-from llm.serving import chat
+from llm.serving import chat, history
 from llm.serving.chat import ASSISTANT_MODE, SPAM_MODE
 from llm.serving.engine import EngineBusy
 from llm.serving.runtime import ContextOverflow, ModelUnavailable, get_runtime
 
 runtime = get_runtime()  # loads both models in the background, now
+store = history.open_store()  # conversations and feedback: $LLM_DATABASE_URL (default SQLite data/chat.db) or None
+last_mode: dict[str, str] = {}  # user -> the mode of their latest chat, so a reload opens where they were
 
 STARTERS = {
     SPAM_MODE: [
@@ -40,30 +46,58 @@ STARTERS = {
 }
 
 
-if chat.login_enabled():  # optional: LLM_APP_USER (default admin) + LLM_APP_PASSWORD, and CHAINLIT_AUTH_SECRET
+if store is not None:
+    @cl.data_layer
+    def data_layer():
+        return store
+
+if chat.login_enabled():  # LLM_APP_USERS="ana:pw,ben:pw" and/or LLM_APP_USER (default admin) + LLM_APP_PASSWORD
     @cl.password_auth_callback
     def password_login(username: str, password: str):
         return cl.User(identifier=username) if chat.check_login(username, password) else None
+elif store is not None:  # history needs a user: without passwords, everyone on this machine is "local"
+    @cl.header_auth_callback
+    async def local_login(headers):
+        return cl.User(identifier=chat.LOCAL_USER, metadata={"local": True})
+if chat.login_enabled() or store is not None:
+    chat.ensure_auth_secret()  # $CHAINLIT_AUTH_SECRET, else one kept in data/.chainlit_auth_secret
 
 
 @cl.set_chat_profiles
 async def chat_profiles(user=None, language=None):
+    default = await _last_mode(user)
     return [
-        cl.ChatProfile(name=SPAM_MODE, default=True, starters=STARTERS[SPAM_MODE],
+        cl.ChatProfile(name=SPAM_MODE, default=default == SPAM_MODE, starters=STARTERS[SPAM_MODE],
                        markdown_description="Paste SMS messages (one per line) or attach a CSV/TXT: spam or ham, with the probability."),
-        cl.ChatProfile(name=ASSISTANT_MODE, starters=STARTERS[ASSISTANT_MODE],
+        cl.ChatProfile(name=ASSISTANT_MODE, default=default == ASSISTANT_MODE, starters=STARTERS[ASSISTANT_MODE],
                        markdown_description="Ask the instruction-tuned GPT-2; answers stream as they are generated."),
     ]
+
+
+async def _last_mode(user) -> str:
+    who = getattr(user, "identifier", None)
+    if who is None:
+        return SPAM_MODE
+    if who not in last_mode and store is not None:
+        last_mode[who] = chat.mode_for(await store.last_profile(who))
+    return last_mode.get(who, SPAM_MODE)
 
 
 def _mode() -> str:
     return chat.mode_for(cl.user_session.get("chat_profile"))
 
 
+def _remember_mode(mode: str) -> None:
+    user = cl.user_session.get("user")
+    if user is not None:
+        last_mode[user.identifier] = mode
+
+
 @cl.on_chat_start
 async def on_chat_start():
     """Never waits for a model: the input stays usable, and a message sent meanwhile waits for the load."""
     mode = _mode()
+    _remember_mode(mode)
     cl.user_session.set("conversation", chat.Conversation())
     status = runtime.registry.status()[chat.MODEL_OF_MODE[mode]]
     if status["loading"]:
@@ -71,13 +105,29 @@ async def on_chat_start():
     elif not status["ready"]:
         await cl.Message(content=chat.unavailable_reply(runtime.registry.unavailable_message(chat.MODEL_OF_MODE[mode]))).send()
     if mode == ASSISTANT_MODE:
-        d, r = chat.DEFAULT_SETTINGS, chat.SETTINGS_RANGES
-        settings = await cl.ChatSettings([
-            Slider(id=key, label=label, initial=d[key], min=r[key][0], max=r[key][1], step=r[key][2])
-            for key, label in (("temperature", "Temperature (0 = greedy)"), ("top_k", "Top-k (0 = off)"),
-                               ("top_p", "Top-p (1 = off)"), ("max_new_tokens", "Max new tokens"))
-        ]).send()
-        cl.user_session.set("settings", settings)
+        await _send_settings(chat.DEFAULT_SETTINGS)
+
+
+async def _send_settings(initial: dict) -> None:
+    r, initial = chat.SETTINGS_RANGES, chat.panel_settings(initial)
+    settings = await cl.ChatSettings([
+        Slider(id=key, label=label, initial=initial[key], min=r[key][0], max=r[key][1], step=r[key][2])
+        for key, label in (("temperature", "Temperature (0 = greedy)"), ("top_k", "Top-k (0 = off)"),
+                           ("top_p", "Top-p (1 = off)"), ("max_new_tokens", "Max new tokens"))
+    ]).send()
+    cl.user_session.set("settings", settings)
+
+
+@cl.on_chat_resume
+async def on_chat_resume(thread: dict):
+    """A thread opened from the sidebar: its mode, its Assistant settings and its conversation come back."""
+    mode = chat.resumed_mode(thread)
+    cl.context.session.chat_profile = mode
+    _remember_mode(mode)
+    cl.user_session.set("conversation", chat.resumed_conversation(thread.get("steps") or []))
+    if mode == ASSISTANT_MODE:
+        meta = thread.get("metadata") if isinstance(thread.get("metadata"), dict) else {}
+        await _send_settings(meta.get("settings") or meta.get("chat_settings") or {})
 
 
 @cl.on_settings_update
@@ -131,7 +181,8 @@ async def _spam(message: cl.Message):
         status.elements = [cl.File(name=result.filename, content=result.csv_bytes, mime="text/csv", display="inline")]
         await status.update()
     if message.content.strip() or not files:
-        reply = cl.Message(content=await chat.spam_reply(runtime, message.content))
+        verdict = await chat.spam_reply(runtime, message.content)
+        reply = cl.Message(content=verdict.content, metadata=verdict.metadata)
         await reply.send()  # the verdict at once; the words behind it follow (one more forward pass)
         why = await chat.explain_reply(runtime, message.content)
         if why:
@@ -150,7 +201,7 @@ async def _assistant(message: cl.Message):
     stream = await chat.open_answer(runtime, message.content, settings, conversation)
     cl.user_session.set("stream", stream)
     notice = None
-    reply = cl.Message(content="")
+    reply = cl.Message(content="", metadata=chat.answer_metadata(message.content))
     try:
         if stream.queue_position:
             notice = cl.Message(content=chat.busy_notice(stream.queue_position))
@@ -170,6 +221,24 @@ async def _assistant(message: cl.Message):
     await reply.send()
 
 
+# --------------------------------------------------------------------------- feedback on your own messages only
+# Chainlit's PUT/DELETE /feedback trust the client's message and feedback ids; these run first and check that the
+# message (and the feedback being changed) sits in a thread of the logged-in user.
+async def owned_feedback_update(request: Request, update: UpdateFeedbackRequest, current_user: UserParam):
+    thread_id = await store.thread_of_step(update.feedback.forId, current_user.identifier)
+    fid = update.feedback.id
+    if thread_id is None or (fid and await store.feedback_exists(fid) and not await store.owns_feedback(fid, current_user.identifier)):
+        raise HTTPException(status_code=404, detail="There is no such message in your history.")
+    update.feedback.threadId = thread_id  # never the client's word for it
+    return await chainlit_server.update_feedback(request, update, current_user)
+
+
+async def owned_feedback_delete(request: Request, payload: DeleteFeedbackRequest, current_user: UserParam):
+    if not await store.owns_feedback(payload.feedbackId, current_user.identifier):
+        raise HTTPException(status_code=404, detail="There is no such feedback in your history.")
+    return await chainlit_server.delete_feedback(request, payload, current_user)
+
+
 # --------------------------------------------------------------------------- readiness for process managers
 async def ready(request):
     """200 once both models are loaded, else 503 with each model's state and the command that creates it.
@@ -179,6 +248,11 @@ async def ready(request):
     return JSONResponse({"status": "ready" if ok else "not ready", **health}, status_code=200 if ok else 503)
 
 
-# Chainlit's catch-all UI route would shadow a route appended now, so /ready goes first.
+# Chainlit's catch-all UI route would shadow a route appended now, and its own /feedback would answer first:
+# ours go to the front of the list.
 if not any(getattr(r, "path", None) == "/ready" for r in fastapi_app.router.routes):
     fastapi_app.router.routes.insert(0, Route("/ready", ready, methods=["GET"]))
+    if store is not None:
+        for endpoint, method in ((owned_feedback_update, "PUT"), (owned_feedback_delete, "DELETE")):
+            fastapi_app.router.add_api_route("/feedback", endpoint, methods=[method])
+            fastapi_app.router.routes.insert(0, fastapi_app.router.routes.pop())

@@ -14,6 +14,12 @@ millisecond). Same weights (gpt2-mini when present), same thread count, in this 
   transformers  transformers' own continuous batching (ContinuousBatchingManager, benchmarks/serving_peers.py)
                 on GPT2LMHeadModel, fp32
 
+On a GPU (`--device cuda`, or the default `auto`: $LLM_DEVICE, else cuda when present) the same
+systems run there; the engine's KV cache is sized for the largest N (`--kv-cache-mb`), and a failing
+peer is recorded in the results' meta instead of ending the run (results are rewritten after each system).
+    python benchmarks/serving.py --device cuda --systems engine transformers --precisions fp32 bf16 \
+        --clients 1 16 64 256 --out benchmarks/results/serving_gpu
+
 Reported per system and N: aggregate decode tokens/s (all tokens / wall time), per-stream tokens/s
 (a request's tokens after its first / the time since its first), time to first token p50/p95, request
 latency p95. Results: benchmarks/results/serving.{json,md,png}.
@@ -36,8 +42,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from llm.device import pick_device  # noqa: E402
 from llm.generate import GenerationSettings, stream_text  # noqa: E402
 from llm.serving.engine import GenerationEngine  # noqa: E402
+from llm.serving.kv import slot_bytes  # noqa: E402
 from llm.serving.limits import EngineLimits  # noqa: E402
 from llm.tokenizer import get_tokenizer  # noqa: E402
 from llm.weights import load_model  # noqa: E402
@@ -83,8 +91,11 @@ def make_prompts(tokenizer, n: int, seed: int = 0) -> list[list[int]]:
 
 # ----------------------------------------------------------------------------- the systems: async stream(ids, n)
 class EngineSystem:
-    def __init__(self, lm, max_running: int):
-        self.lm, self.engine = lm, GenerationEngine(EngineLimits(max_running=max_running, max_waiting=1024))
+    def __init__(self, lm, max_running: int, kv_cache_mb: int | None = None):
+        # KV memory for max_running whole-context slots (at least the engine's default budget), unless told
+        need = -(-max_running * slot_bytes(lm.model.config, lm.model.wte.weight.dtype) // 2**20)
+        kv = kv_cache_mb or max(EngineLimits().kv_cache_mb, need)
+        self.lm, self.engine = lm, GenerationEngine(EngineLimits(max_running=max_running, max_waiting=1024, kv_cache_mb=kv))
 
     async def stream(self, ids, new_tokens):
         async for piece in self.engine.stream(self.lm, ids, GenerationSettings(max_new_tokens=new_tokens)):
@@ -120,13 +131,17 @@ class OneAtATime:
 def raw_decode_tok_s(model, batch: int, past: int = 200, steps: int = 20) -> float:
     """Tokens/s of the bare model decoding `batch` rows (one KV cache, no scheduler, no sampling): the bound
     any scheduler's aggregate decode rate stays under on this machine, for the batch it runs."""
+    device = model.lm_head.weight.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with torch.inference_mode():
         cache = model.new_cache(batch, past + steps + 5)
-        model(torch.randint(0, 50000, (batch, past)), cache=cache, last_only=True)
-        model(torch.randint(0, 50000, (batch, 1)), cache=cache, last_only=True)
+        model(torch.randint(0, 50000, (batch, past), device=device), cache=cache, last_only=True)
+        model(torch.randint(0, 50000, (batch, 1), device=device), cache=cache, last_only=True)
+        sync()
         start = time.perf_counter()
         for _ in range(steps):
-            model(torch.randint(0, 50000, (batch, 1)), cache=cache, last_only=True)
+            model(torch.randint(0, 50000, (batch, 1), device=device), cache=cache, last_only=True)
+        sync()
         return batch * steps / (time.perf_counter() - start)
 
 
@@ -172,12 +187,22 @@ def main(argv=None) -> int:
                    choices=["engine", "one-at-a-time", "transformers"])
     p.add_argument("--precisions", nargs="+", default=["fp32", "int8"], choices=["fp32", "bf16", "int8"])
     p.add_argument("--out", default=str(RESULTS / "serving"), help="results prefix (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto = $LLM_DEVICE, else cuda if present, else cpu)")
+    p.add_argument("--kv-cache-mb", type=int, default=None,
+                   help="engine KV cache budget (default: enough for the largest --clients, at least the engine's 2048)")
+    p.add_argument("--note", default="", help="a line for the results (e.g. that the weights are random)")
+    p.add_argument("--no-cudnn-sdpa", action="store_true",
+                   help="torch.backends.cuda.enable_cudnn_sdp(False): keep PyTorch's cuDNN attention out (it builds a "
+                        "graph per new shape, and decoding meets a new key length every step; see sdpa_decode_check.py)")
     args = p.parse_args(argv)
+    args.device = str(pick_device(args.device))
+    if args.no_cudnn_sdpa:
+        torch.backends.cuda.enable_cudnn_sdp(False)
     torch.set_num_threads(args.threads)
     tokenizer = get_tokenizer()
     no_stop = NoStop(tokenizer)
     prompts = make_prompts(tokenizer, 256)
-    rows, bounds = [], {}
+    rows, bounds, errors = [], {}, []
 
     def count_text(pieces):
         return len(tokenizer.encode("".join(pieces)))
@@ -186,7 +211,13 @@ def main(argv=None) -> int:
         for precision in (["fp32"] if system_name == "transformers" else args.precisions):
             if system_name == "transformers":
                 from serving_peers import TransformersContinuousBatching
-                peer = TransformersContinuousBatching(args.base, threads=args.threads, max_batch=max(args.clients))
+                try:
+                    peer = TransformersContinuousBatching(args.base, threads=args.threads, max_batch=max(args.clients),
+                                                          device=args.device)
+                except Exception as e:  # a peer that cannot start must not cost the engine's results
+                    errors.append(f"transformers: {type(e).__name__}: {e}")
+                    print(f"transformers peer failed to start: {e!r}", flush=True)
+                    continue
 
                 class Peer:  # token ids -> counted directly
                     async def stream(self, ids, n):
@@ -195,25 +226,39 @@ def main(argv=None) -> int:
                 system, count = Peer(), len
                 closer = peer.close
             else:
-                model, _ = load_model(args.base, "cpu", precision)
+                model, _ = load_model(args.base, args.device, precision)
                 lm = LM(model, no_stop)
                 if system_name == "engine":
                     bounds[precision] = {n: round(raw_decode_tok_s(model, n), 1) for n in args.clients}
                     print(f"bare model decode tok/s by batch ({precision}): {bounds[precision]}", flush=True)
-                system = EngineSystem(lm, max(args.clients)) if system_name == "engine" else OneAtATime(lm)
+                system = EngineSystem(lm, max(args.clients), args.kv_cache_mb) if system_name == "engine" else OneAtATime(lm)
                 count, closer = count_text, system.close
-            asyncio.run(run_load(system, prompts, 1, 2, 16, count))  # warm-up
-            for clients in args.clients:
-                row = {"system": system_name, "precision": precision,
-                       **asyncio.run(run_load(system, prompts, clients, args.requests, args.new_tokens, count))}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+            try:
+                asyncio.run(run_load(system, prompts, 1, 2, 16, count))  # warm-up
+                for clients in args.clients:
+                    row = {"system": system_name, "precision": precision,
+                           **asyncio.run(run_load(system, prompts, clients, args.requests, args.new_tokens, count))}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                    write_results(rows, bounds, args, errors, quiet=True)  # what has run survives a later failure
+            except Exception as e:
+                if system_name != "transformers":
+                    raise
+                errors.append(f"transformers: {type(e).__name__}: {e}")
+                print(f"transformers peer failed: {e!r}", flush=True)
             closer()
-    write_results(rows, bounds, args)
+    write_results(rows, bounds, args, errors)
     return 0
 
 
-def write_results(rows, bounds, args) -> None:
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU {platform.processor() or platform.machine()}"
+
+
+def write_results(rows, bounds, args, errors=(), quiet: bool = False) -> None:
+    rows = [dict(r) for r in rows]
     base1 = {(r["system"], r["precision"]): r["aggregate_tok_s"] for r in rows if r["clients"] == 1}
     peer = {r["clients"]: r["aggregate_tok_s"] for r in rows if r["system"] == "transformers"}
     for r in rows:
@@ -222,14 +267,18 @@ def write_results(rows, bounds, args) -> None:
         r["vs_transformers"] = round(r["aggregate_tok_s"] / peer[r["clients"]], 2) if r["clients"] in peer else None
     meta = {"base": args.base, "threads": args.threads, "new_tokens": args.new_tokens,
             "requests_per_client": args.requests, "cpu": platform.processor() or platform.machine(),
+            "device": args.device, "device_name": device_name(args.device), "note": args.note,
+            "errors": list(errors), "command": " ".join(sys.argv), "cudnn_sdpa": not args.no_cudnn_sdpa,
             "bare_model_decode_tok_s": bounds,
             "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "date": time.strftime("%Y-%m-%d")}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    lines = [f"Serving benchmark ({meta['date']}, {args.base}, {args.threads} threads, CPU capability "
-             f"{meta['cpu_capability']}, {args.new_tokens} new tokens, {args.requests} requests per client)", "",
+    where = (f"{meta['device_name']}" if args.device != "cpu" else
+             f"{args.threads} threads, CPU capability {meta['cpu_capability']}")
+    lines = [f"Serving benchmark ({meta['date']}, {args.base}, {where}, {args.new_tokens} new tokens, "
+             f"{args.requests} requests per client)", "",
              "| system | precision | clients | aggregate tok/s | vs own 1 client | vs transformers | per-stream tok/s "
              "| TTFT p50 | TTFT p95 | latency p95 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -241,12 +290,17 @@ def write_results(rows, bounds, args) -> None:
         lines += ["", f"Bare model decode ({precision}, one KV cache, no scheduler): " + ", ".join(
             f"batch {n}: {v} tok/s ({v / one:.2f}x batch 1)" for n, v in by_n.items())
             + ". The engine's aggregate rate stays under this bound; its ratios over 1 client cannot exceed these."]
+    if args.note:
+        lines += ["", args.note]
+    lines += [f"\nFailed: {e}" for e in errors]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    plot(rows, out.with_suffix(".png"))
+    if quiet:
+        return
+    plot(rows, out.with_suffix(".png"), meta["device_name"])
     print("\n".join(lines))
 
 
-def plot(rows, path: Path) -> None:
+def plot(rows, path: Path, where: str = "the CPU") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -263,7 +317,7 @@ def plot(rows, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.set_xticks(sorted({r["clients"] for r in rows}), labels=[str(c) for c in sorted({r["clients"] for r in rows})])
     a.legend(fontsize=8)
-    fig.suptitle("Serving gpt2-mini on the CPU: engine vs one-at-a-time vs transformers")
+    fig.suptitle(f"Serving gpt2-mini on {where}: " + " vs ".join(dict.fromkeys(r["system"] for r in rows)))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -76,7 +76,8 @@ class TransformersContinuousBatching:
     """
 
     def __init__(self, model_dir: str, threads: int, max_batch: int = 32, *,
-                 cache_tokens: int | None = None, max_batch_tokens: int = 512, page_size: int = 256):
+                 cache_tokens: int | None = None, max_batch_tokens: int = 512, page_size: int = 256,
+                 device: str = "cpu"):
         import torch
         from transformers import GenerationConfig, GPT2LMHeadModel
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
@@ -89,7 +90,7 @@ class TransformersContinuousBatching:
             cb_logger.addFilter(_DropPsutilNoise())
 
         self.model = GPT2LMHeadModel.from_pretrained(model_dir, dtype=torch.float32,
-                                                     attn_implementation="sdpa").eval()
+                                                     attn_implementation="sdpa").to(device).eval()
         n_positions = self.model.config.n_positions
         if cache_tokens is None:
             cache_tokens = max_batch * n_positions

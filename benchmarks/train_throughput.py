@@ -14,6 +14,8 @@ alternating rounds (ours, peer, ours, peer, ...) so drift in machine load hits b
 round counts. Reports tokens/s for each, the ratio ours/peer, and our MFU: model FLOPs
 (6 * parameters + 12 * layers * context * width per token, as in nanoGPT/PaLM) over the device's
 peak (GPU: the datasheet dense bf16 peak; CPU: a measured fp32 matmul peak, said so in the JSON).
+`--profile PATH` then runs a few more steps of each model under torch.profiler and writes the top kernels
+(by self device time on a GPU) as a text table (`--profile-below R`: only when the ratio is under R).
 """
 from __future__ import annotations
 
@@ -104,6 +106,27 @@ def make_step(model, opt, autocast_dtype, compile_: bool):
     return step
 
 
+def profile_steps(runners, batches, device, steps: int, path: Path) -> None:
+    """The top operators/kernels of `steps` more steps of each runner, as torch.profiler tables."""
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    sections = []
+    for name, step in runners.items():
+        sync(device)
+        t = time.perf_counter()
+        with profile(activities=acts) as prof:
+            for i in range(steps):
+                step(*batches[i % len(batches)])
+            sync(device)
+        wall = time.perf_counter() - t
+        sections.append(f"== {name}: {steps} steps, {wall * 1e3 / steps:.1f} ms/step under the profiler, sorted by {key} ==\n"
+                        + prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=70))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n\n".join(sections) + "\n")
+    print(f"wrote {path}", flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=list(MODES), default="gpu" if torch.cuda.is_available() else "cpu")
@@ -117,6 +140,9 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (compilation happens here)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="results JSON (default: benchmarks/results/train_throughput_<mode>.json)")
+    p.add_argument("--profile", default=None, help="write a torch.profiler table of each model's step here")
+    p.add_argument("--profile-below", type=float, default=None, help="profile only if the ratio ours/peer is under this")
+    p.add_argument("--profile-steps", type=int, default=3)
     args = p.parse_args()
     o = {**MODES[args.mode], **{k: v for k, v in vars(args).items() if v is not None and k in MODES["gpu"]}}
     if args.threads:
@@ -200,6 +226,13 @@ def main() -> int:
     out = Path(args.out or Path(__file__).parent / "results" / f"train_throughput_{args.mode}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.profile and (args.profile_below is None or result["ratio_ours_over_transformers"] < args.profile_below):
+        try:
+            profile_steps(runners, batches, device, args.profile_steps, Path(args.profile))
+            result["profile"] = args.profile
+        except Exception as e:  # the numbers above stand without it
+            result["profile_error"] = f"{type(e).__name__}: {e}"
+        out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(f"wrote {out}")
     return 0

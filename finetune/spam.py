@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import csv
 import dataclasses
 import json
 import math
@@ -36,6 +37,7 @@ from finetune.calibration import ECE_BINS, calibrate_checkpoint
 from finetune.cli import DefaultsHelp, run_command
 from finetune.spam_eval import (CHALLENGE_FILE, challenge_report, plot_confusion, plot_reliability, print_challenge,
                                  print_robustness, read_challenge, robustness_report, score_set, tfidf_baseline)
+from finetune.sms_synth import NOISE_PROBABILITY, generate, noisy
 from finetune.optim import WeightAverage, adamw, length_grouped_batches, warmup_cosine_schedule
 from llm.checkpoint import CheckpointError, save_checkpoint
 from llm.device import pick_device
@@ -108,6 +110,38 @@ def select_trainable(model: GPTClassifier, train: str, last_blocks: int, lora_ra
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def synthetic_rows(per_category: int, seed: int) -> list[tuple[str, str]]:
+    """The (label, text) rows finetune/sms_synth.py writes for training (none when per_category is 0)."""
+    return [(label, text) for label, text, _ in generate(per_category, seed)] if per_category else []
+
+
+def read_labelled(path: str | Path) -> list[tuple[str, str]]:
+    """(label, text) rows of an extra training CSV with columns label,text (e.g. finetune.feedback's export)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpamDataError(f"{path} does not exist. --extra-train takes a CSV with columns label,text "
+                            "(python -m finetune.feedback export writes one).")
+    try:
+        rows = read_split(path)
+    except (KeyError, UnicodeDecodeError, csv.Error) as e:
+        raise SpamDataError(f"{path} is not a UTF-8 CSV with columns label,text ({type(e).__name__}: {e})") from None
+    bad = [i + 2 for i, (lab, text) in enumerate(rows) if lab not in LABELS or not (text or "").strip()]
+    if bad:
+        raise SpamDataError(f"{path}: line {', '.join(map(str, bad[:10]))}: the label must be ham or spam and the text non-empty")
+    return rows
+
+
+def validation_rows(data_dir: Path, per_category: int, seed: int) -> list[tuple[str, str]]:
+    """The split's validation messages plus a fifth as many synthetic ones per category as training had (another
+    seed): the best checkpoint, the temperature and the threshold are chosen on this mix, so they answer for
+    today's messages too, not only for 2010's."""
+    rows = read_split(data_dir / "validation.csv")
+    if per_category:
+        seen = {t.lower() for _, t in synthetic_rows(per_category, seed)}
+        rows += [r for r in synthetic_rows(max(1, per_category // 5), seed + 1) if r[1].lower() not in seen]
+    return rows
+
+
 def batches(seqs, labels, batch_size, pad_id, max_length, rng: random.Random):
     """Training batches in random order, grouped by length and padded to their own longest message."""
     for idx in length_grouped_batches([len(s) for s in seqs], batch_size, rng):
@@ -151,13 +185,15 @@ def train(args) -> dict:
     device = pick_device(args.device)
     tok = get_tokenizer(args.bpe_dir)
     data_dir = Path(args.data_dir) / args.split_set
-    train_rows, val_rows = read_split(data_dir / "train.csv"), read_split(data_dir / "validation.csv")
+    train_rows = read_split(data_dir / "train.csv") + synthetic_rows(args.synthetic, args.seed)
+    for path in args.extra_train or ():
+        train_rows += read_labelled(path)
+    val_rows = validation_rows(data_dir, args.synthetic, args.seed)
     base = resolve_base(args.base)
     model = classifier_from_base(base, dropout=args.dropout)
     context = model.config.n_positions
-    train_seqs = [tok.encode(t)[:context] for _, t in train_rows]
-    max_length = min(args.max_length or max(map(len, train_seqs)), context)
-    train_seqs = [s[:max_length] for s in train_seqs]
+    max_length = min(args.max_length or max(len(tok.encode(t)) for _, t in train_rows), context)
+    noise_rng = random.Random(args.seed + 2)
     val_seqs = [encode(tok, t, max_length) for _, t in val_rows]
     y_train = [LABELS.index(lab) for lab, _ in train_rows]
     y_val = [LABELS.index(lab) for lab, _ in val_rows]
@@ -165,7 +201,7 @@ def train(args) -> dict:
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(params, device, lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = math.ceil(len(train_seqs) / args.batch_size)
+    steps_per_epoch = math.ceil(len(train_rows) / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
     sched = warmup_cosine_schedule(opt, total_steps, round(args.warmup * total_steps), args.min_lr_ratio)
     average = WeightAverage(model, args.average) if args.average else None
@@ -175,15 +211,18 @@ def train(args) -> dict:
                 "threshold": SPAM_THRESHOLD if args.threshold is None else args.threshold,
                 "train": args.train, "last_blocks": args.last_blocks if args.train == "last" else None,
                 "split_set": args.split_set, "lr": args.lr, "batch_size": args.batch_size, "epochs": args.epochs,
-                "average": args.average}
+                "average": args.average, "extra_train": args.extra_train, "synthetic_per_category": args.synthetic, "noise": args.noise, "seed": args.seed}
     print(f"base {base}; training {args.train} ({n_trainable / 1e6:.2f}M of {model.num_parameters() / 1e6:.1f}M parameters); "
-          f"{len(train_seqs)} train / {len(val_seqs)} validation messages from {data_dir}; max length {max_length} tokens; device {device}")
+          f"{len(train_rows)} train / {len(val_seqs)} validation messages from {data_dir} (with {args.synthetic} synthetic "
+          f"per category, finetune/sms_synth.py; noise {args.noise}); max length {max_length} tokens; device {device}")
 
     history = {"step": [], "train_loss": [], "val_loss": [], "train_acc": [], "val_acc": []}
     best = {"val_acc": -1.0, "val_loss": math.inf, "step": 0}
     run_loss, run_correct, run_n, step, bad_evals, stop = 0.0, 0, 0, 0, 0, False
     t0 = time.perf_counter()
     for epoch in range(args.epochs):
+        # Each epoch restyles a fresh random share of the messages (case, leetspeak, whitespace, modern links).
+        train_seqs = [tok.encode(noisy(t, noise_rng, args.noise))[:max_length] for _, t in train_rows]
         bar = tqdm(batches(train_seqs, y_train, args.batch_size, tok.eot_id, max_length, rng), total=steps_per_epoch,
                    desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
         for ids, mask, y in bar:
@@ -244,8 +283,9 @@ def run_calibrate(args) -> dict:
     from llm.checkpoint import read_config
     from llm.spam import CREATE_HINT
     ckpt = Path(args.checkpoint or clf_path_default())
-    split_set = args.split_set or read_config(ckpt, CREATE_HINT).get("metadata", {}).get("split_set") or "natural"
-    rows = read_split(Path(args.data_dir) / split_set / "validation.csv")
+    meta = read_config(ckpt, CREATE_HINT).get("metadata", {})
+    split_set = args.split_set or meta.get("split_set") or "natural"
+    rows = validation_rows(Path(args.data_dir) / split_set, meta.get("synthetic_per_category") or 0, meta.get("seed", 123))
     return calibrate_checkpoint(ckpt, rows, target_precision=args.target_precision, threshold=args.threshold,
                                 device=args.device, bpe_dir=args.bpe_dir)
 
@@ -424,6 +464,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
     tr.add_argument("--average", type=float, default=0.99,
                     help="validate and save an exponential moving average of the weights with this decay (0 = off: the live weights)")
+    tr.add_argument("--synthetic", type=int, default=40, metavar="N",
+                    help="add N messages of today's kinds per category (finetune/sms_synth.py: 7 spam, 9 ham categories) "
+                         "to training, and N/5 to validation; 0 = the UCI messages only")
+    tr.add_argument("--extra-train", action="append", default=None, metavar="CSV",
+                    help="more labelled messages (columns label,text; repeatable), e.g. the spam corrections "
+                         "users made in the app: python -m finetune.feedback export")
+    tr.add_argument("--noise", type=float, default=NOISE_PROBABILITY, metavar="P",
+                    help="each epoch, restyle each training message with probability P (upper/lower case, leetspeak, "
+                         "ragged whitespace, modern links and numbers; finetune/sms_synth.py NOISES)")
     tr.add_argument("--max-length", type=int, default=None, help="tokens per message (default: the longest training message, capped by the context)")
     tr.add_argument("--eval-every", type=int, default=100, help="steps between validation passes")
     tr.add_argument("--patience", type=int, default=4, help="stop after this many validation passes without improvement")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+os.environ.setdefault("LLM_HISTORY", "0")  # no chat database unless a test asks for one (tests/test_history.py)
 if SHARED.is_dir():
     os.environ.setdefault("LLM_BPE_DIR", str(SHARED / "data/gpt2"))
     os.environ.setdefault("LLM_TEST_BASE", str(SHARED / "models/gpt2-mini"))

@@ -45,19 +45,19 @@ def test_the_verdict_line_uses_the_classifier_threshold_and_bands(make_runtime):
             self.calls.append(list(texts))
             return [("?", 0.35 if "maybe" in t else 0.25) for t in texts]  # the runtime relabels at the threshold
 
-    reply = run(chat.spam_reply(make_runtime(spam=Calibrated), "maybe a prize\nsee you"))
+    reply = run(chat.spam_reply(make_runtime(spam=Calibrated), "maybe a prize\nsee you")).content
     assert "🟠 **Likely spam — 35.0%**" in reply and "🟡 **Unsure — 25.0%** spam probability (counted as ham)" in reply
     assert reply.startswith("**2 messages: 1 spam, 1 ham**")
 
 
 def test_single_message_gets_one_verdict(make_runtime):
-    reply = run(chat.spam_reply(make_runtime(), "WINNER!! Claim your £900 prize now, call 09061701461"))
+    reply = run(chat.spam_reply(make_runtime(), "WINNER!! Claim your £900 prize now, call 09061701461")).content
     assert reply == "🔴 **Spam — 97.3%** spam probability"
 
 
 def test_several_lines_are_classified_together_in_one_batch(make_runtime):
     clf = KeywordClassifier()
-    reply = run(chat.spam_reply(make_runtime(spam=lambda: clf), "Claim your prize\n\n  see you at 7  \nok | fine"))
+    reply = run(chat.spam_reply(make_runtime(spam=lambda: clf), "Claim your prize\n\n  see you at 7  \nok | fine")).content
     assert clf.calls == [["Claim your prize", "see you at 7", "ok | fine"]]  # one batched call, blank lines dropped
     assert reply.startswith("**3 messages: 1 spam, 2 ham**")
     assert reply.count("🔴") == 1 and reply.count("🟢") == 2

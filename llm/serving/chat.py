@@ -103,17 +103,30 @@ def _short(text: str, n: int = 60) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-async def spam_reply(runtime, text: str) -> str:
+@dataclass
+class Reply:
+    """A reply's text and what it is about, stored with the message (step metadata) so that history can be
+    resumed and feedback exported exactly: VERDICT_KIND {texts, labels, p_spam} or ANSWER_KIND {instruction}."""
+    content: str
+    metadata: dict
+
+
+VERDICT_KIND, ANSWER_KIND = "spam_verdict", "answer"
+
+
+async def spam_reply(runtime, text: str) -> Reply:
     """The reply to a paste: one verdict, or a table when several lines are classified together."""
     messages = check_spam_text(text)
     results = await runtime.verdicts(messages)
+    metadata = {"kind": VERDICT_KIND, "texts": messages, "labels": [v.label for v in results],
+                "p_spam": [round(v.p_spam, 6) for v in results]}
     if len(messages) == 1:
-        return format_verdict(*results[0])
+        return Reply(format_verdict(*results[0]), metadata)
     n_spam = sum(v.label == "spam" for v in results)
     rows = [f"| {i} | {format_verdict(*v)} | {_short(m)} |"
             for i, (m, v) in enumerate(zip(messages, results), start=1)]
-    return "\n".join([f"**{len(messages)} messages: {n_spam} spam, {len(messages) - n_spam} ham**", "",
-                      "| # | verdict | message |", "|---|---|---|", *rows])
+    return Reply("\n".join([f"**{len(messages)} messages: {n_spam} spam, {len(messages) - n_spam} ham**", "",
+                            "| # | verdict | message |", "|---|---|---|", *rows]), metadata)
 
 
 EXPLAIN_SHOWN = 3  # words shown each way under a verdict
@@ -206,16 +219,22 @@ def check_instruction(text: str) -> str:
     return text.strip()
 
 
+def panel_settings(chat_settings: dict | None) -> dict:
+    """The settings panel's values: each valid number clamped to its slider, anything else its default."""
+    s = dict(DEFAULT_SETTINGS)
+    for key, (low, high, _) in SETTINGS_RANGES.items():
+        value = (chat_settings or {}).get(key) if isinstance(chat_settings, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            s[key] = min(max(value, low), high)
+    return s
+
+
 def generation_settings(chat_settings: dict | None) -> GenerationSettings:
     """GenerationSettings from the Assistant's settings panel; 0 top-k and 1.0 top-p mean "off".
 
     A value that is not a number (or not finite) falls back to its default, one outside the slider is clamped:
     whatever a client sends, the sampler gets valid settings."""
-    s = dict(DEFAULT_SETTINGS)
-    for key, (low, high, _) in SETTINGS_RANGES.items():
-        value = (chat_settings or {}).get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            s[key] = min(max(value, low), high)
+    s = panel_settings(chat_settings)
     top_k, top_p = int(s["top_k"]), float(s["top_p"])
     return GenerationSettings(max_new_tokens=int(s["max_new_tokens"]), temperature=float(s["temperature"]),
                               top_k=top_k if top_k > 0 else None, top_p=top_p if 0 < top_p < 1 else None)
@@ -245,22 +264,75 @@ async def open_answer(runtime, text: str, settings: GenerationSettings, conversa
     return await runtime.answer(check_instruction(text), conversation.history(), settings=settings, clamp=True)
 
 
+def answer_metadata(instruction: str) -> dict:
+    return {"kind": ANSWER_KIND, "instruction": instruction.strip()}
+
+
+def resumed_conversation(steps: list[dict]) -> Conversation:
+    """The Assistant's earlier exchanges of a stored thread, oldest first (answers carry their instruction)."""
+    conversation = Conversation()
+    for step in sorted(steps, key=lambda s: s.get("createdAt") or ""):
+        meta = step.get("metadata") or {}
+        if isinstance(meta, dict) and meta.get("kind") == ANSWER_KIND:
+            conversation.add(str(meta.get("instruction", "")), str(step.get("output") or ""))
+    return conversation
+
+
+def resumed_mode(thread: dict) -> str:
+    """The mode a stored thread was in: its saved chat profile, else what its replies were."""
+    profile = (thread.get("metadata") or {}).get("chat_profile") if isinstance(thread.get("metadata"), dict) else None
+    if profile in MODES:
+        return profile
+    kinds = {(s.get("metadata") or {}).get("kind") for s in thread.get("steps") or [] if isinstance(s.get("metadata"), dict)}
+    return ASSISTANT_MODE if ANSWER_KIND in kinds else SPAM_MODE
+
+
 def progress_text(name: str, done: int, total: int, seconds_left: float) -> str:
     eta = f"about {seconds_left:.0f} s left" if seconds_left >= 1 else "almost done"
     return f"⏳ **{name}**: {done:,} / {total:,} messages classified ({done / total:.0%}), {eta}. Press Stop to cancel."
 
 
-# --------------------------------------------------------------------------- optional login
-LOGIN_USER_ENV, LOGIN_PASSWORD_ENV = "LLM_APP_USER", "LLM_APP_PASSWORD"
+# --------------------------------------------------------------------------- who is talking
+LOGIN_USER_ENV, LOGIN_PASSWORD_ENV, LOGIN_USERS_ENV = "LLM_APP_USER", "LLM_APP_PASSWORD", "LLM_APP_USERS"
+LOCAL_USER = "local"  # the one identity of an app with history and no passwords (a laptop)
+AUTH_SECRET_ENV, AUTH_SECRET_FILE = "CHAINLIT_AUTH_SECRET", Path("data/.chainlit_auth_secret")
+
+
+def login_users() -> dict[str, str]:
+    """user -> password: $LLM_APP_USERS ("ana:pw1,ben:pw2") and/or $LLM_APP_USER (default admin) + $LLM_APP_PASSWORD."""
+    users = {}
+    for pair in os.environ.get(LOGIN_USERS_ENV, "").split(","):
+        name, sep, password = pair.strip().partition(":")
+        if sep and name.strip() and password:
+            users[name.strip()] = password
+    if os.environ.get(LOGIN_PASSWORD_ENV):
+        users[os.environ.get(LOGIN_USER_ENV, "admin")] = os.environ[LOGIN_PASSWORD_ENV]
+    return users
 
 
 def login_enabled() -> bool:
-    """Password login is on when $LLM_APP_PASSWORD is set (Chainlit then also needs CHAINLIT_AUTH_SECRET)."""
-    return bool(os.environ.get(LOGIN_PASSWORD_ENV))
+    """Password login is on when $LLM_APP_PASSWORD or $LLM_APP_USERS names at least one user."""
+    return bool(login_users())
 
 
 def check_login(username: str, password: str) -> bool:
-    expected_user = os.environ.get(LOGIN_USER_ENV, "admin")
-    expected_password = os.environ.get(LOGIN_PASSWORD_ENV, "")
-    return bool(expected_password) and hmac.compare_digest(username.encode(), expected_user.encode()) \
-        and hmac.compare_digest(password.encode(), expected_password.encode())
+    ok = False
+    for user, expected in login_users().items():  # compare with every entry: no timing hint of which names exist
+        ok |= hmac.compare_digest(username.encode(), user.encode()) & hmac.compare_digest(password.encode(), expected.encode())
+    return bool(ok)
+
+
+def ensure_auth_secret(path: Path = AUTH_SECRET_FILE) -> None:
+    """Chainlit signs its login tokens with $CHAINLIT_AUTH_SECRET. When it is unset, use a random secret kept in
+    `path` (created once, readable by its owner only), so logins survive a restart without any set-up."""
+    if os.environ.get(AUTH_SECRET_ENV):
+        return
+    import secrets
+    path = Path(path)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(secrets.token_urlsafe(48))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+    os.environ[AUTH_SECRET_ENV] = path.read_text().strip()

@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +20,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from app_server import running_app  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
@@ -53,73 +53,16 @@ def ensure_chromium() -> str:
     return CHROMIUM
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def make_checkpoints(root: Path) -> tuple[Path, Path]:
-    """A tiny random spam classifier and a tiny random instruction model, in the formats the loaders accept."""
-    from llm.checkpoint import save_checkpoint
-    from llm.config import GPTConfig
-    from llm.model import GPT, GPTClassifier
-    from llm.prompt import template_metadata
-    from llm.spam import LABELS
-
-    tiny = GPTConfig(n_layer=2, n_head=2, n_embd=32, n_positions=256)
-    torch.manual_seed(0)
-    spam = save_checkpoint(GPTClassifier(tiny, 2).eval(), root / "spam",
-                           metadata={"labels": list(LABELS), "max_length": 64})
-    instruct = save_checkpoint(GPT(tiny).eval(), root / "instruct", metadata={"prompt_template": template_metadata()})
-    return spam, instruct
-
-
 @pytest.fixture(scope="module")
 def chainlit_url(tmp_path_factory, tokenizer):  # `tokenizer` skips the module when the BPE files are unavailable
     pytest.importorskip("playwright")
     ensure_chromium()
     work = tmp_path_factory.mktemp("e2e")
+    checkpoints = None
     if os.environ.get("LLM_E2E_REAL_CHECKPOINTS"):  # screenshots with the trained models: checkpoints/{spam,instruct}
-        spam, instruct = ROOT / "checkpoints/spam", ROOT / "checkpoints/instruct"
-    else:
-        spam, instruct = make_checkpoints(work / "checkpoints")
-    app_root = work / "app"  # a copy of the app's committed look and config: chainlit writes .files/ there
-    app_root.mkdir()
-    for name in (".chainlit/config.toml", "chainlit.md", "public"):
-        src, dst = ROOT / name, app_root / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
-    port = free_port()
-    env = {**os.environ, "CHAINLIT_APP_ROOT": str(app_root), "LLM_SPAM_CHECKPOINT": str(spam),
-           "LLM_INSTRUCT_CHECKPOINT": str(instruct), "LLM_DEVICE": "cpu",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    log = open(work / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "chainlit", "run", str(ROOT / "app.py"), "--headless",
-                             "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=app_root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:  # the moment the server answers at all (the models may still be loading)
-            if proc.poll() is not None:
-                raise RuntimeError(f"chainlit exited with {proc.returncode}:\n{(work / 'server.log').read_text()}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    assert r.status == 200
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"chainlit did not answer in 60 s:\n{(work / 'server.log').read_text()}")
-                time.sleep(0.2)
+        checkpoints = ROOT / "checkpoints/spam", ROOT / "checkpoints/instruct"
+    with running_app(work, {"LLM_HISTORY": "1"}, checkpoints) as url:  # history on: SQLite in work/app/data/
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 @pytest.fixture(scope="module")  # module scope: sync Playwright's loop must not outlive this module (async tests elsewhere)
@@ -286,3 +229,41 @@ def test_a_2000_row_upload_shows_progress(chat_page, tmp_path):
     progress = [r for r in renders if re.search(r"[\d,]+ / 2,000 messages classified", r)]
     assert len(progress) >= 2, renders  # the count moved while it ran
     page.screenshot(path=shots / "upload_done.png")
+
+
+def test_history_survives_a_reload_and_takes_a_thumbs_down(chat_page, chainlit_url, tmp_path):
+    """History on (SQLite, the local single-user identity): an Assistant chat, a reload, the thread opened from
+    the sidebar shows the messages and the Assistant mode again; a thumbs-down with a comment is stored."""
+    from playwright.sync_api import expect
+
+    wait_ready(chainlit_url)
+    shots = Path(os.environ.get("LLM_E2E_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    page = chat_page
+    page.goto("/")
+    select_profile(page, "Assistant", confirm=False)
+    expect(page.locator("#chat-settings-open-modal")).to_be_visible()
+    question = "What is the capital of France? (history test)"
+    send(page, question)
+    expect(page.locator(USER_MSG).last).to_contain_text("history test")
+    expect(page.locator("#stop-button")).to_have_count(0, timeout=60_000)
+    answer = page.locator(ASSISTANT_MSG).last
+    expect(answer).not_to_be_empty()
+    answer.hover()
+    answer.locator("button:has(.lucide-thumbs-down)").click()
+    page.locator("textarea").last.fill("Paris, please.")
+    page.locator("#submit-feedback").click()
+    expect(answer.locator("button:has(.lucide-thumbs-down)")).to_be_visible()
+
+    page.reload()
+    expect(page.locator("#chat-input")).to_be_visible()
+    expect(page.locator("#chat-profiles")).to_contain_text("Assistant")  # a reload keeps the user's mode
+    if not page.locator("#thread-history").is_visible():
+        page.locator("#sidebar-trigger-button").click()
+    thread = page.locator("#thread-history a", has_text="history test").first
+    expect(thread).to_be_visible()
+    thread.click()
+    expect(page.locator(USER_MSG).first).to_contain_text("history test")
+    expect(page.locator(ASSISTANT_MSG).last).not_to_be_empty()
+    page.screenshot(path=shots / "history.png")
+    expect(page.locator("#chat-input")).to_be_enabled()  # resumed: the user can go on in the same thread

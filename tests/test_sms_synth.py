@@ -1,0 +1,94 @@
+"""The synthetic messages of today's kinds (finetune/sms_synth.py): complete, reproducible, label-blind styling,
+and kept apart from the held-out challenge set."""
+from __future__ import annotations
+
+import csv
+import random
+import re
+
+import pytest
+
+from finetune import sms_synth
+from finetune.robustness import URL_RE
+from finetune.sms_templates import HAM_TEMPLATES, SPAM_TEMPLATES
+from finetune.spam import synthetic_rows, validation_rows
+from finetune.spam_eval import CHALLENGE_FILE
+from llm.spam import write_split
+
+
+def test_every_category_gets_its_count_and_the_same_seed_gives_the_same_messages():
+    rows = sms_synth.generate(5, seed=3)
+    assert rows == sms_synth.generate(5, seed=3) and rows != sms_synth.generate(5, seed=4)
+    counts = {}
+    for label, _, category in rows:
+        counts[(label, category)] = counts.get((label, category), 0) + 1
+    expected = {("spam", c): 5 for c in SPAM_TEMPLATES} | {("ham", c): 5 for c in HAM_TEMPLATES}
+    assert counts == expected
+    assert len({t.lower() for _, t, _ in rows}) == len(rows)  # no duplicates
+
+
+def test_every_template_expands_completely():
+    rng = random.Random(0)
+    for templates in (*SPAM_TEMPLATES.values(), *HAM_TEMPLATES.values()):
+        for template in templates:
+            for _ in range(20):
+                text = sms_synth.expand(template, rng)
+                assert not re.search(r"[{}\[\]]", text), (template, text)
+                assert text == text.strip() and "  " not in text
+
+
+def test_a_slot_named_twice_has_one_value():
+    rng = random.Random(1)
+    for _ in range(20):
+        a, b = sms_synth.expand("{courier} and {courier}", rng).split(" and ")
+        assert a == b
+
+
+def test_noise_keeps_links_and_is_off_at_probability_zero():
+    rng = random.Random(0)
+    text = "Your parcel is held, pay at https://example-pay.info/x today"
+    assert sms_synth.noisy(text, rng, 0.0) == text
+    for _ in range(50):
+        leet = sms_synth.NOISES["leetspeak"](text, rng)
+        assert "https://example-pay.info/x" in leet and len(leet) == len(text)
+    modern = sms_synth.NOISES["modern"]("call 09061701461 or see www.win.com now", rng)
+    assert "09061701461" not in modern and "www.win.com" not in modern and URL_RE.search(modern)
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9£$€']+", text.lower())
+
+
+def test_no_synthetic_message_shares_eight_words_in_a_row_with_the_challenge_set():
+    """The challenge set is held out: what training adds (default size, both seeds) must not reproduce it."""
+    with open(CHALLENGE_FILE, newline="", encoding="utf-8") as f:
+        challenge = [r["text"] for r in csv.DictReader(f)]
+    grams = set()
+    for text in challenge:
+        w = _words(text)
+        grams |= {tuple(w[i:i + 8]) for i in range(len(w) - 7)}
+    made = synthetic_rows(40, 123) + synthetic_rows(8, 124)
+    shared = [t for _, t in made if any(tuple(_words(t)[i:i + 8]) in grams for i in range(len(_words(t)) - 7))]
+    assert not shared, shared[:3]
+    assert not {t.lower() for _, t in made} & {t.lower() for t in challenge}
+
+
+def test_validation_gets_a_fifth_as_many_synthetic_messages_none_seen_in_training(tmp_path):
+    write_split([("ham", "see you at 7"), ("spam", "WIN cash now")], tmp_path / "validation.csv")
+    assert validation_rows(tmp_path, 0, 123) == [("ham", "see you at 7"), ("spam", "WIN cash now")]
+    rows = validation_rows(tmp_path, 10, 123)
+    train = {t.lower() for _, t in synthetic_rows(10, 123)}
+    extra = rows[2:]
+    assert 0 < len(extra) <= 2 * (len(SPAM_TEMPLATES) + len(HAM_TEMPLATES))
+    assert not {t.lower() for _, t in extra} & train
+
+
+def test_cli_writes_a_csv(tmp_path, capsys):
+    out = tmp_path / "s.csv"
+    assert sms_synth.main(["--per-category", "2", "--out", str(out)]) == 0
+    with open(out, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * (len(SPAM_TEMPLATES) + len(HAM_TEMPLATES))
+    assert {r["label"] for r in rows} == {"ham", "spam"}
+    with pytest.raises(SystemExit):
+        sms_synth.main(["--per-category", "0"])
