@@ -9,6 +9,7 @@ Models start loading when the process starts; GET /ready says when both are load
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import chainlit as cl
@@ -26,6 +27,8 @@ from llm.serving.chat import ASSISTANT_MODE, SPAM_MODE
 from llm.serving.engine import EngineBusy
 from llm.serving.runtime import ContextOverflow, ModelUnavailable, get_runtime
 
+# Chainlit warns on every page load that no chainlit_<language>.md exists: chainlit.md serves every language here.
+logging.getLogger("chainlit").addFilter(lambda record: "Translated markdown file" not in record.getMessage())
 runtime = get_runtime()  # loads both models in the background, now
 store = history.open_store()  # conversations and feedback: $LLM_DATABASE_URL (default SQLite data/chat.db) or None
 last_mode: dict[str, str] = {}  # user -> the mode of their latest chat, so a reload opens where they were
@@ -140,6 +143,11 @@ async def on_stop():
     stream = cl.user_session.get("stream")
     if stream is not None:
         stream.cancel()  # Chainlit also cancels the handler's task; either way only this request stops
+    # Chainlit posts "Task manually stopped." on its own before this hook; the stopped reply already says so.
+    for message in reversed(cl.chat_context.get()):
+        if message.author != "User" and message.content == chat.CHAINLIT_STOP_TEXT:
+            await message.remove()
+            break
 
 
 @cl.on_message
@@ -211,6 +219,10 @@ async def _assistant(message: cl.Message):
                 await notice.remove()
                 notice = None
             await reply.stream_token(piece)
+    except asyncio.CancelledError:  # Stop: the partial answer stays, finished (no "still writing" dot) and marked
+        reply.content = chat.stopped_answer(reply.content)
+        await (reply.update() if reply.streaming else reply.send())
+        raise
     finally:  # also on Stop, an engine error or a closed socket: free the slot, take the notice down
         stream.cancel()
         if notice is not None:

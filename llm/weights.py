@@ -92,6 +92,11 @@ def load_model(source: str | os.PathLike, device: torch.device | str = "cpu", pr
     model = build_model(config)
     load_state(model, state, str(path), hint)
     model = model.to(device=device, dtype=parse_dtype(precision)).eval()
+    if torch.device(device).type == "cuda":
+        # PyTorch sends bf16/fp16 attention to cuDNN, which builds a graph per new input shape; decoding meets a new
+        # key length every step, so a bf16 decode step took ~52 ms instead of ~2 ms on an H200
+        # (benchmarks/results/serving_gpu.md). The flash/efficient kernels need no per-shape build.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     if resolve_precision(precision) == "int8":
         from llm.quantize import quantize_int8
         model = quantize_int8(model)

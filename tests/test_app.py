@@ -158,6 +158,28 @@ async def test_stop_button_stops_generation(models):
         assert models.engine.stats()["running"] == 0  # the slot was given back
 
 
+async def test_stop_as_chainlit_does_it_leaves_a_finished_marked_answer_and_no_lone_notice(models):
+    """Chainlit posts "Task manually stopped.", calls on_stop and cancels the handler's task."""
+    with chainlit_context("Assistant") as em:
+        await app.on_settings_update({**chat.DEFAULT_SETTINGS, "max_new_tokens": 200})
+        task = asyncio.create_task(user_says("go on for a long time"))
+        while not em.send_token.await_count and not task.done():
+            await asyncio.sleep(0.001)
+        await cl.Message(content=chat.CHAINLIT_STOP_TEXT).send()  # chainlit/socket.py's stop(), first line
+        await app.on_stop()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        last = [args[0] for name, args, _ in em.mock_calls if name in ("send_step", "update_step") and args][-1]
+        assert last["output"].endswith("_⏹️ Stopped._") and last["streaming"] is False  # no "still writing" dot
+        assert em.delete_step.await_count == 1 and em.delete_step.await_args[0][0]["output"] == chat.CHAINLIT_STOP_TEXT
+        for _ in range(200):  # the scheduler frees the slot at its next iteration
+            if models.engine.stats()["running"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert models.engine.stats()["running"] == 0
+
+
 async def test_busy_users_are_told_how_many_are_ahead(make_runtime, monkeypatch):
     runtime = make_runtime(max_running=1)
     monkeypatch.setattr(app, "runtime", runtime)

@@ -87,6 +87,15 @@ def test_csv_upload_gets_label_and_probability_columns(make_runtime):
     assert [(r["label"], r["spam_probability"]) for r in rows] == [("spam", "0.9730"), ("ham", "0.0120"), ("", "")]
     assert result.filename == "inbox-labelled.csv" and result.n_rows == 2 and result.n_spam == 1
     assert "1 empty rows skipped" in result.summary
+    assert "| 1 | 🔴 **Spam — 97.3%** spam probability | Win a prize now |" in result.summary  # row 1, shown in the chat
+    assert "see you later" not in result.summary and "**inbox-labelled.csv**" in result.summary  # full name, not cut
+
+
+def test_a_file_summary_lists_the_likeliest_spam_rows_first_and_counts_the_rest(make_runtime):
+    data = ("\n".join(["text"] + [f"see you at {i}" if i % 2 else f"Win a prize {i}" for i in range(20)]) + "\n").encode()
+    result = run(chat.classify_upload(make_runtime(), "many.csv", data))
+    table = [line for line in result.summary.splitlines() if line.startswith("| ") and "Spam" in line]
+    assert len(table) == chat.UPLOAD_SPAM_SHOWN and "…and 5 more spam rows in the file." in result.summary
 
 
 def test_txt_upload_one_message_per_line_with_progress(make_runtime):

@@ -29,6 +29,7 @@ ASSISTANT_MODE = "Assistant"
 MODES = (SPAM_MODE, ASSISTANT_MODE)
 
 UPLOAD_CHUNK = 64  # rows per classify call for files: progress after each, other users' work between them
+UPLOAD_SPAM_SHOWN = 5  # spam rows listed in the chat under a file's summary (all of them are in the labelled CSV)
 
 # Sampling defaults and slider ranges (min, max, step) of the Assistant's settings panel. The panel's values come
 # from the browser, so the same ranges are enforced when they are read (`generation_settings`).
@@ -123,10 +124,14 @@ async def spam_reply(runtime, text: str) -> Reply:
     if len(messages) == 1:
         return Reply(format_verdict(*results[0]), metadata)
     n_spam = sum(v.label == "spam" for v in results)
-    rows = [f"| {i} | {format_verdict(*v)} | {_short(m)} |"
-            for i, (m, v) in enumerate(zip(messages, results), start=1)]
     return Reply("\n".join([f"**{len(messages)} messages: {n_spam} spam, {len(messages) - n_spam} ham**", "",
-                            "| # | verdict | message |", "|---|---|---|", *rows]), metadata)
+                            *verdict_table([(i, m, v) for i, (m, v) in enumerate(zip(messages, results), start=1)])]),
+                 metadata)
+
+
+def verdict_table(rows) -> list[str]:
+    """Markdown lines of a verdict table; rows are (number, message, verdict tuple)."""
+    return ["| # | verdict | message |", "|---|---|---|", *(f"| {i} | {format_verdict(*v)} | {_short(m)} |" for i, m, v in rows)]
 
 
 EXPLAIN_SHOWN = 3  # words shown each way under a verdict
@@ -203,9 +208,13 @@ async def classify_upload(runtime, name: str, data: bytes, progress: Progress | 
                          "spam_probability": "" if p is None else f"{p:.4f}"})
     n_spam = sum(label == "spam" for label, _ in verdicts.values())
     stem = Path(name).stem
+    spam_rows = sorted((i for i, (label, _) in verdicts.items() if label == "spam"), key=lambda i: -verdicts[i][1])
+    shown = [(i + 1, messages[i], verdicts[i]) for i in spam_rows[:UPLOAD_SPAM_SHOWN]]
+    more = f"\n\n…and {len(spam_rows) - len(shown):,} more spam rows in the file." if len(spam_rows) > len(shown) else ""
     summary = (f"**{stem}**: {len(verdicts):,} messages classified — {n_spam:,} spam, {len(verdicts) - n_spam:,} ham"
                + (f" ({len(messages) - len(verdicts):,} empty rows skipped)" if len(verdicts) < len(messages) else "")
-               + ". Download the labelled CSV below.")
+               + (("\n\nMost likely spam (row, verdict, message):\n\n" + "\n".join(verdict_table(shown)) + more) if shown else "")
+               + f"\n\nEvery row with its label: **{stem}-labelled.csv** below.")
     return FileResult(out.getvalue().encode("utf-8"), f"{stem}-labelled.csv", len(verdicts), n_spam, summary)
 
 
@@ -262,6 +271,13 @@ async def open_answer(runtime, text: str, settings: GenerationSettings, conversa
     Raises InputError (bad text), ContextOverflow (the message alone fills the context), ModelUnavailable,
     or EngineBusy (the queue is full)."""
     return await runtime.answer(check_instruction(text), conversation.history(), settings=settings, clamp=True)
+
+
+CHAINLIT_STOP_TEXT = "Task manually stopped."  # what Chainlit 2.12 posts on Stop (chainlit/socket.py)
+
+
+def stopped_answer(partial: str) -> str:
+    return f"{partial.rstrip()} …\n\n_⏹️ Stopped._" if partial.strip() else "_⏹️ Stopped before the first word._"
 
 
 def answer_metadata(instruction: str) -> dict:
