@@ -13,13 +13,14 @@ operating threshold is chosen on the calibrated validation probabilities; both g
 metadata, which `llm.spam.SpamClassifier` applies.
 
 The model is the GPT-2 backbone with a 2-class head on the last real token (`llm.model.GPTClassifier`).
-The data, the batching and the classifier the app calls live in `llm/spam.py`.
+The data, the batching and the classifier the app calls live in `llm/spam.py`. This module trains; the other
+commands live beside it: finetune/spam_data.py (prepare, the synthetic and extra training rows),
+finetune/spam_eval.py (eval), finetune/calibration.py (calibrate), finetune/spam_predict.py (predict).
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import dataclasses
 import json
 import math
@@ -33,47 +34,20 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from finetune.calibration import ECE_BINS, calibrate_checkpoint
+from finetune.calibration import calibrate_checkpoint
 from finetune.cli import DefaultsHelp, run_command
-from finetune.spam_eval import (CHALLENGE_FILE, challenge_report, plot_confusion, plot_reliability, print_challenge,
-                                 print_robustness, read_challenge, robustness_report, score_set, tfidf_baseline)
-from finetune.sms_synth import NOISE_PROBABILITY, generate, noisy
 from finetune.optim import WeightAverage, adamw, length_grouped_batches, warmup_cosine_schedule
+from finetune.sms_synth import NOISE_PROBABILITY, noisy
+from finetune.spam_data import DATA_DIR, prepare, read_labelled, synthetic_rows, validation_rows
+from finetune.spam_eval import CHALLENGE_FILE, clf_path_default, run_eval
+from finetune.spam_predict import predict
 from llm.checkpoint import CheckpointError, save_checkpoint
 from llm.device import pick_device
 from llm.download import DownloadError
 from llm.generate import add_runtime_args
-from llm.messages_file import MessagesFileError, load_messages
 from llm.model import GPTClassifier
-from llm.spam import (LABELS, SPAM_THRESHOLD, SpamClassifier, SpamDataError, collate, deduplicate, encode,
-                      fetch_data, format_probability, make_splits, read_collection, read_split, valid_threshold,
-                      write_split)
+from llm.spam import LABELS, SPAM_THRESHOLD, SpamDataError, collate, encode, read_split, valid_threshold
 from llm.tokenizer import TokenizerError, get_tokenizer
-
-DATA_DIR = "data/sms_spam"
-
-
-# ---------------------------------------------------------------------------------------------
-# prepare
-# ---------------------------------------------------------------------------------------------
-
-def prepare(sms_data: str | None, data_dir: str | Path = DATA_DIR, quiet: bool = False) -> dict:
-    src = fetch_data(sms_data, data_dir)
-    rows = read_collection(src)
-    unique, dropped = deduplicate(rows)
-    sets = make_splits(unique)
-    counts = {}
-    for set_name, splits in sets.items():
-        for split, items in splits.items():
-            write_split(items, Path(data_dir) / set_name / f"{split}.csv")
-            counts[f"{set_name}/{split}"] = {lab: sum(r[0] == lab for r in items) for lab in LABELS}
-    summary = {"source": str(src), "messages": len(rows), "duplicates_dropped": dropped, "unique": len(unique), "splits": counts}
-    if not quiet:
-        print(f"{src}: {len(rows)} messages, {dropped} exact duplicates dropped, {len(unique)} left")
-        for name, c in counts.items():
-            print(f"  {name:22s} ham {c['ham']:5d}  spam {c['spam']:4d}  -> {Path(data_dir) / name}.csv")
-    return summary
-
 
 # ---------------------------------------------------------------------------------------------
 # train
@@ -108,38 +82,6 @@ def select_trainable(model: GPTClassifier, train: str, last_blocks: int, lora_ra
             for p in part.parameters():
                 p.requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def synthetic_rows(per_category: int, seed: int) -> list[tuple[str, str]]:
-    """The (label, text) rows finetune/sms_synth.py writes for training (none when per_category is 0)."""
-    return [(label, text) for label, text, _ in generate(per_category, seed)] if per_category else []
-
-
-def read_labelled(path: str | Path) -> list[tuple[str, str]]:
-    """(label, text) rows of an extra training CSV with columns label,text (e.g. finetune.feedback's export)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpamDataError(f"{path} does not exist. --extra-train takes a CSV with columns label,text "
-                            "(python -m finetune.feedback export writes one).")
-    try:
-        rows = read_split(path)
-    except (KeyError, UnicodeDecodeError, csv.Error) as e:
-        raise SpamDataError(f"{path} is not a UTF-8 CSV with columns label,text ({type(e).__name__}: {e})") from None
-    bad = [i + 2 for i, (lab, text) in enumerate(rows) if lab not in LABELS or not (text or "").strip()]
-    if bad:
-        raise SpamDataError(f"{path}: line {', '.join(map(str, bad[:10]))}: the label must be ham or spam and the text non-empty")
-    return rows
-
-
-def validation_rows(data_dir: Path, per_category: int, seed: int) -> list[tuple[str, str]]:
-    """The split's validation messages plus a fifth as many synthetic ones per category as training had (another
-    seed): the best checkpoint, the temperature and the threshold are chosen on this mix, so they answer for
-    today's messages too, not only for 2010's."""
-    rows = read_split(data_dir / "validation.csv")
-    if per_category:
-        seen = {t.lower() for _, t in synthetic_rows(per_category, seed)}
-        rows += [r for r in synthetic_rows(max(1, per_category // 5), seed + 1) if r[1].lower() not in seen]
-    return rows
 
 
 def batches(seqs, labels, batch_size, pad_id, max_length, rng: random.Random):
@@ -288,126 +230,6 @@ def run_calibrate(args) -> dict:
     rows = validation_rows(Path(args.data_dir) / split_set, meta.get("synthetic_per_category") or 0, meta.get("seed", 123))
     return calibrate_checkpoint(ckpt, rows, target_precision=args.target_precision, threshold=args.threshold,
                                 device=args.device, bpe_dir=args.bpe_dir)
-
-
-def run_eval(args) -> dict:
-    clf = SpamClassifier.load(args.checkpoint, args.device, args.precision, args.bpe_dir)
-    ckpt = Path(args.checkpoint or clf_path_default())
-    out_dir = Path(args.out or ckpt)
-    threshold = clf.threshold
-    result = {"checkpoint": str(ckpt), "threshold": threshold, "temperature": clf.temperature}
-    rows_fmt = "{:10s} {:22s} {:>6s} {:>9s} {:>9s} {:>7s} {:>7s}"
-    challenge_rows = None if args.no_challenge else read_challenge(args.challenge)  # a bad file fails before the passes
-    clean = {}  # set name -> (rows, calibrated p_spam), for the robustness variants
-    t_start = time.perf_counter()
-    print(rows_fmt.format("test set", "model", "n", "accuracy", "precision", "recall", "F1"))
-    for set_name in ("natural", "balanced"):
-        d = Path(args.data_dir) / set_name
-        train_rows, test_rows = read_split(d / "train.csv"), read_split(d / "test.csv")
-        y = [LABELS.index(lab) for lab, _ in test_rows]
-        ours, p, p_raw = score_set(clf, [t for _, t in test_rows], y, threshold)
-        clean[set_name] = (test_rows, p)
-        plot_reliability({"uncalibrated": p_raw, f"calibrated (T={clf.temperature:.2f})": p}, y,
-                         out_dir / f"reliability_{set_name}.png", f"{set_name} test (n={len(y)})")
-        ours["errors"] = [{"label": lab, "p_spam": round(q, 4), "text": t}
-                          for (lab, t), q in zip(test_rows, p) if (q >= threshold) != (lab == "spam")]
-        base = tfidf_baseline(train_rows, test_rows)
-        plot_confusion(ours["confusion"], out_dir / f"confusion_{set_name}.png", f"{set_name} test (n={len(y)})")
-        result[set_name] = {"gpt2_classifier": ours, "tfidf_logreg": base}
-        for name, s in (("GPT-2 classifier", ours), (f"TF-IDF+LR ({set_name} train)", base)):
-            print(rows_fmt.format(set_name, name, str(s["n"]), f"{s['accuracy']:.4f}", f"{s['precision']:.4f}",
-                                  f"{s['recall']:.4f}", f"{s['f1']:.4f}"))
-    print(f"calibration (T={clf.temperature:.4f}, threshold {threshold:.4f}; ECE over {ECE_BINS} equal-width bins)")
-    for set_name in ("natural", "balanced"):
-        c = result[set_name]["gpt2_classifier"]["calibration"]
-        print(f"  {set_name:9s} ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}   "
-              f"Brier {c['brier_before']:.4f} -> {c['brier_after']:.4f}   "
-              f"bands {', '.join(f'{b} {n}' for b, n in c['bands'].items())}")
-    if challenge_rows is not None:
-        result["challenge"], p_challenge = challenge_report(clf, challenge_rows, out_dir, str(args.challenge))
-        clean["challenge"] = (challenge_rows, p_challenge)
-        print_challenge(result["challenge"])
-    if args.robustness:
-        sets = {k: clean[k] for k in ("natural", "challenge") if k in clean}
-        t0 = time.perf_counter()
-        result["robustness"] = robustness_report(clf, sets)
-        result["robustness"]["seconds"] = round(time.perf_counter() - t0, 1)
-        print_robustness(result["robustness"])
-        print(f"  robustness pass: {result['robustness']['seconds']:.1f} s")
-    result["seconds"] = round(time.perf_counter() - t_start, 1)
-    path = out_dir / "eval_metrics.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    extra = "" if args.no_challenge else f", {out_dir / 'reliability_challenge.png'}"
-    print(f"metrics {path}; confusion matrices {out_dir / 'confusion_natural.png'}, {out_dir / 'confusion_balanced.png'}; "
-          f"reliability diagrams {out_dir / 'reliability_natural.png'}, {out_dir / 'reliability_balanced.png'}{extra}; "
-          f"eval {result['seconds']:.1f} s")
-    return result
-
-
-def clf_path_default():
-    from llm.spam import checkpoint_path
-    return checkpoint_path(None)
-
-
-# ---------------------------------------------------------------------------------------------
-# predict
-# ---------------------------------------------------------------------------------------------
-
-def read_messages_file(path: str) -> list[str]:
-    """The messages of a .csv, .tsv or .txt file, read by the app's rules (llm.messages_file); empty rows skipped.
-
-    Notes on stderr say what a reader of the output would otherwise not know: a Windows-1252 guess, skipped rows."""
-    p = Path(path)
-    if not p.is_file():
-        raise MessagesFileError(f"{p} does not exist or is not a file. Pass --file messages.csv|tsv|txt.")
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise MessagesFileError(f"cannot read {p}: {e.strerror or e}.") from None
-    f = load_messages(str(p), data)
-    if f.encoding == "cp1252":
-        print(f"note: {p} is not UTF-8; it was read as Windows-1252. If accented letters look wrong, save the file "
-              "as UTF-8.", file=sys.stderr)
-    messages = [m for m in f.messages if m]
-    skipped = len(f.messages) - len(messages)
-    if skipped:
-        print(f"note: {skipped} empty row{'s' if skipped > 1 else ''} of {p} skipped", file=sys.stderr)
-    return messages
-
-
-def predict(args) -> int:
-    texts = list(args.texts)
-    if args.file:
-        texts += read_messages_file(args.file)
-    if not texts:
-        raise SpamDataError("nothing to classify: pass messages as arguments or --file messages.csv|tsv|txt")
-    empty = [i + 1 for i, t in enumerate(texts) if not t.strip()]
-    if empty:
-        raise SpamDataError(f"message {', '.join(map(str, empty[:10]))} is empty; there is nothing to classify")
-    clf = SpamClassifier.load(args.checkpoint, args.device, args.precision, args.bpe_dir)
-    clf.batch_size = args.batch_size
-    long = [i + 1 for i, t in enumerate(texts) if len(clf.tokenizer.encode(t)) > clf.max_length]
-    if long:
-        print(f"note: message {', '.join(map(str, long[:10]))} exceed{'s' if len(long) == 1 else ''} {clf.max_length} tokens; "
-              "only the start is classified", file=sys.stderr)
-    results = clf.verdicts(texts, args.threshold)
-    explained = [clf.explain(t) for t in texts] if args.explain else [None] * len(texts)
-    if args.json:
-        out = []
-        for t, v, e in zip(texts, results, explained):
-            out.append({"text": t, "label": v.label, "p_spam": round(v.p_spam, 6), "band": v.band})
-            if e is not None:
-                out[-1]["explanation"] = {"towards_spam": [[w, round(x, 6)] for w, x in e.towards_spam()],
-                                          "towards_ham": [[w, round(x, 6)] for w, x in e.towards_ham()]}
-        print(json.dumps(out, ensure_ascii=False))
-    else:
-        for t, v, e in zip(texts, results, explained):
-            short = t if len(t) <= 70 else t[:67] + "..."
-            print(f"{v.label:4s}  {v.band:11s}  p_spam {format_probability(v.p_spam):>7s}  {short!r}")
-            if e is not None:
-                for side, words in (("towards spam", e.towards_spam()), ("towards ham", e.towards_ham())):
-                    print(f"      {side}: " + (", ".join(f"{w!r} {x:+.3f}" for w, x in words) or "-"))
-    return 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,12 +2,13 @@
 the held-out challenge set of messages written today and the robustness variants."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Sequence
 
-from finetune.calibration import brier, ece, reliability_bins
-from llm.spam import BANDS, LABELS, SpamClassifier, SpamDataError, band_of
+from finetune.calibration import ECE_BINS, brier, ece, reliability_bins
+from llm.spam import BANDS, LABELS, SpamClassifier, SpamDataError, band_of, read_split
 
 # ---------------------------------------------------------------------------------------------
 # eval
@@ -190,3 +191,66 @@ def print_robustness(r: dict) -> None:
             cells.append(f"{x['accuracy']:.4f}" if v == "clean" else
                          f"{x['accuracy']:.4f} ({x['delta']:+.4f}, {x['flipped']:3d} flips, {x['seconds']:4.1f}s)")
         print(f"  {v:12s}" + "".join(f" {c:>34s}" for c in cells))
+
+
+# ---------------------------------------------------------------------------------------------
+# the eval command
+# ---------------------------------------------------------------------------------------------
+
+def run_eval(args) -> dict:
+    clf = SpamClassifier.load(args.checkpoint, args.device, args.precision, args.bpe_dir)
+    ckpt = Path(args.checkpoint or clf_path_default())
+    out_dir = Path(args.out or ckpt)
+    threshold = clf.threshold
+    result = {"checkpoint": str(ckpt), "threshold": threshold, "temperature": clf.temperature}
+    rows_fmt = "{:10s} {:22s} {:>6s} {:>9s} {:>9s} {:>7s} {:>7s}"
+    challenge_rows = None if args.no_challenge else read_challenge(args.challenge)  # a bad file fails before the passes
+    clean = {}  # set name -> (rows, calibrated p_spam), for the robustness variants
+    t_start = time.perf_counter()
+    print(rows_fmt.format("test set", "model", "n", "accuracy", "precision", "recall", "F1"))
+    for set_name in ("natural", "balanced"):
+        d = Path(args.data_dir) / set_name
+        train_rows, test_rows = read_split(d / "train.csv"), read_split(d / "test.csv")
+        y = [LABELS.index(lab) for lab, _ in test_rows]
+        ours, p, p_raw = score_set(clf, [t for _, t in test_rows], y, threshold)
+        clean[set_name] = (test_rows, p)
+        plot_reliability({"uncalibrated": p_raw, f"calibrated (T={clf.temperature:.2f})": p}, y,
+                         out_dir / f"reliability_{set_name}.png", f"{set_name} test (n={len(y)})")
+        ours["errors"] = [{"label": lab, "p_spam": round(q, 4), "text": t}
+                          for (lab, t), q in zip(test_rows, p) if (q >= threshold) != (lab == "spam")]
+        base = tfidf_baseline(train_rows, test_rows)
+        plot_confusion(ours["confusion"], out_dir / f"confusion_{set_name}.png", f"{set_name} test (n={len(y)})")
+        result[set_name] = {"gpt2_classifier": ours, "tfidf_logreg": base}
+        for name, s in (("GPT-2 classifier", ours), (f"TF-IDF+LR ({set_name} train)", base)):
+            print(rows_fmt.format(set_name, name, str(s["n"]), f"{s['accuracy']:.4f}", f"{s['precision']:.4f}",
+                                  f"{s['recall']:.4f}", f"{s['f1']:.4f}"))
+    print(f"calibration (T={clf.temperature:.4f}, threshold {threshold:.4f}; ECE over {ECE_BINS} equal-width bins)")
+    for set_name in ("natural", "balanced"):
+        c = result[set_name]["gpt2_classifier"]["calibration"]
+        print(f"  {set_name:9s} ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}   "
+              f"Brier {c['brier_before']:.4f} -> {c['brier_after']:.4f}   "
+              f"bands {', '.join(f'{b} {n}' for b, n in c['bands'].items())}")
+    if challenge_rows is not None:
+        result["challenge"], p_challenge = challenge_report(clf, challenge_rows, out_dir, str(args.challenge))
+        clean["challenge"] = (challenge_rows, p_challenge)
+        print_challenge(result["challenge"])
+    if args.robustness:
+        sets = {k: clean[k] for k in ("natural", "challenge") if k in clean}
+        t0 = time.perf_counter()
+        result["robustness"] = robustness_report(clf, sets)
+        result["robustness"]["seconds"] = round(time.perf_counter() - t0, 1)
+        print_robustness(result["robustness"])
+        print(f"  robustness pass: {result['robustness']['seconds']:.1f} s")
+    result["seconds"] = round(time.perf_counter() - t_start, 1)
+    path = out_dir / "eval_metrics.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    extra = "" if args.no_challenge else f", {out_dir / 'reliability_challenge.png'}"
+    print(f"metrics {path}; confusion matrices {out_dir / 'confusion_natural.png'}, {out_dir / 'confusion_balanced.png'}; "
+          f"reliability diagrams {out_dir / 'reliability_natural.png'}, {out_dir / 'reliability_balanced.png'}{extra}; "
+          f"eval {result['seconds']:.1f} s")
+    return result
+
+
+def clf_path_default():
+    from llm.spam import checkpoint_path
+    return checkpoint_path(None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -197,7 +196,7 @@ def test_history_is_configured_by_the_environment(monkeypatch):
 
 def test_feedback_is_exported_in_both_formats_and_read_back_by_the_trainers(db_url, tmp_path):
     from finetune import feedback
-    from finetune.spam import read_labelled
+    from finetune.spam_data import read_labelled
     from llm.instruct import read_entries
 
     async def scenario():

@@ -17,6 +17,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from finetune import spam as cli
+from finetune import spam_predict
 from llm import messages_file as mf
 from llm.messages_file import MessagesFileError, read_messages
 from llm.serving import chat
@@ -99,7 +100,7 @@ def test_the_app_reads(name, data, expected):
 
 @pytest.mark.parametrize("name, data, expected", GOOD)
 def test_the_cli_reads_the_same(tmp_path, name, data, expected):
-    assert cli.read_messages_file(cli_file(tmp_path, name, data)) == expected
+    assert spam_predict.read_messages_file(cli_file(tmp_path, name, data)) == expected
 
 
 @pytest.mark.parametrize("name, data, says", BAD)
@@ -140,7 +141,7 @@ def test_how_the_file_was_read_is_reported():
 
 
 def test_the_cli_notes_a_windows_1252_guess_and_skipped_rows(tmp_path, capsys):
-    assert cli.read_messages_file(cli_file(tmp_path, "a.csv", b"text\ncaf\xe9\n\"\"\n")) == ["café"]
+    assert spam_predict.read_messages_file(cli_file(tmp_path, "a.csv", b"text\ncaf\xe9\n\"\"\n")) == ["café"]
     err = capsys.readouterr().err
     assert "read as Windows-1252" in err and "1 empty row of" in err
     assert cli.main(["predict", "--file", str(tmp_path / "missing.csv")]) == 2

@@ -21,7 +21,7 @@ from llm.spam import (LABELS, SPAM_THRESHOLD, SpamClassifier, collate, deduplica
                       read_collection, write_split)
 from finetune import calibration
 from finetune import spam as cli
-from finetune import spam_eval
+from finetune import spam_data, spam_eval
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = GPTConfig(n_layer=2, n_head=2, n_embd=32, n_positions=128)
@@ -192,7 +192,7 @@ def test_finetune_briefly_on_real_messages(base_model_dir, tokenizer, tmp_path):
     data = os.environ.get("LLM_SPAM_DATA")
     if not data or not Path(data).is_file():
         pytest.skip("no SMS data: set LLM_SPAM_DATA")
-    summary = cli.prepare(data, tmp_path / "data", quiet=True)
+    summary = spam_data.prepare(data, tmp_path / "data", quiet=True)
     assert summary["duplicates_dropped"] > 0
     # a few hundred balanced training messages, one short epoch, head + last block
     for split, keep in (("train", 240), ("validation", 60)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from finetune import robustness as rb
 from finetune import spam as cli
+from finetune import spam_eval
 from llm.checkpoint import save_checkpoint
 from llm.config import GPTConfig
 from llm.model import GPTClassifier
@@ -28,7 +30,7 @@ HAM_CATEGORIES = {"delivery_notice", "appointment", "otp_code", "pharmacy", "sch
 
 # ----------------------------------------------------------------------------- the bundled challenge set
 def test_bundled_challenge_set_is_large_balanced_and_categorised():
-    rows = cli.read_challenge(cli.CHALLENGE_FILE)
+    rows = spam_eval.read_challenge(cli.CHALLENGE_FILE)
     assert len(rows) >= 160
     labels = Counter(lab for lab, _, _ in rows)
     assert 0.4 <= labels["spam"] / len(rows) <= 0.6, labels
@@ -44,29 +46,34 @@ def test_bundled_challenge_set_is_large_balanced_and_categorised():
 
 def test_challenge_readme_counts_match_the_file():
     readme = (ROOT / "finetune/data/README.md").read_text(encoding="utf-8")
-    counts = Counter(cat for _, _, cat in cli.read_challenge(cli.CHALLENGE_FILE))
+    counts = Counter(cat for _, _, cat in spam_eval.read_challenge(cli.CHALLENGE_FILE))
     for cat, n in counts.items():
         assert re.search(rf"`{cat}`\s*\|\s*(ham|spam)\s*\|\s*{n}\s*\|", readme), f"{cat} ({n}) not in finetune/data/README.md"
 
 
-def test_challenge_messages_are_not_in_the_training_collection():
-    src = Path("/work/shared/data/sms_spam/SMSSpamCollection")
+CHALLENGE_FILES = [cli.CHALLENGE_FILE, cli.CHALLENGE_FILE.with_name("sms_challenge_2.csv")]
+
+
+@pytest.mark.parametrize("path", CHALLENGE_FILES, ids=lambda p: p.name)
+def test_challenge_messages_are_not_in_the_training_collection(path):
+    src = Path(os.environ.get("LLM_SPAM_DATA") or "")
     if not src.is_file():
-        pytest.skip("SMSSpamCollection not available")
+        pytest.skip("SMSSpamCollection not available: set LLM_SPAM_DATA")
     known = {line.split("\t", 1)[1].strip().lower() for line in src.read_text(encoding="utf-8", errors="replace").splitlines()
              if "\t" in line}
-    assert not [t for _, t, _ in cli.read_challenge(cli.CHALLENGE_FILE) if t.strip().lower() in known]
+    rows = spam_eval.read_challenge(path)
+    assert len(rows) >= 80 and not [t for _, t, _ in rows if t.strip().lower() in known]
 
 
 def test_read_challenge_refuses_bad_files(tmp_path):
     (tmp_path / "nocat.csv").write_text("label,text\nham,hi\n")
     with pytest.raises(SpamDataError, match="category"):
-        cli.read_challenge(tmp_path / "nocat.csv")
+        spam_eval.read_challenge(tmp_path / "nocat.csv")
     (tmp_path / "badlabel.csv").write_text("label,text,category\nham,hi,x\nmaybe,hello,x\nspam,,y\n")
     with pytest.raises(SpamDataError, match="line 3, 4"):
-        cli.read_challenge(tmp_path / "badlabel.csv")
+        spam_eval.read_challenge(tmp_path / "badlabel.csv")
     with pytest.raises(SpamDataError, match="does not exist"):
-        cli.read_challenge(tmp_path / "missing.csv")
+        spam_eval.read_challenge(tmp_path / "missing.csv")
 
 
 # ----------------------------------------------------------------------------- transforms

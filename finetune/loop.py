@@ -1,0 +1,161 @@
+"""The one training loop every trainer runs on (spam, instruct, DPO; pretrain next).
+
+A trainer supplies what is its own: the model, the batches of each epoch, the loss of a micro-batch, how it
+validates and which validation is better. The loop owns the rest, the same way for all of them: the optimizer
+steps with gradient accumulation and clipping, the schedule, autocast, the weight average, periodic validation,
+the best weights, early stopping, the time cap, the progress bar, the history and the plots.
+
+    result = fit(model, trainer, LoopSettings(...), optimizer, scheduler, device=device)
+
+The contract of a trainer (duck-typed, see `Trainer`):
+  epoch_steps(epoch)            -> optimizer steps of that epoch, each a list of micro-batches
+  units(batch)                  -> how much a micro-batch weighs in its step's mean (examples, or target tokens)
+  loss(model, batch, total)     -> (this micro-batch's share of the step's mean loss, stats to sum)
+  train_metrics(summed stats)   -> what the history records for the steps since the last validation
+  validate(model)               -> {metric: value}, always with "val_loss"
+  score(metrics)                -> a value to maximise (a tuple compares element by element)
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from tqdm import tqdm
+
+from finetune.optim import WeightAverage, autocast
+
+
+class Trainer(Protocol):
+    def epoch_steps(self, epoch: int) -> list[list[Any]]: ...
+    def units(self, batch: Any) -> int: ...
+    def loss(self, model: torch.nn.Module, batch: Any, total_units: int) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def train_metrics(self, stats: dict[str, float]) -> dict[str, float]: ...
+    def validate(self, model: torch.nn.Module) -> dict[str, float]: ...
+    def score(self, metrics: dict[str, float]) -> Any: ...
+
+
+@dataclass
+class LoopSettings:
+    epochs: int
+    eval_every: int  # optimizer steps between validations (and always after the last step)
+    patience: int = 0  # stop after this many validations without improvement; 0 = never
+    max_minutes: float | None = None  # stop (validating first) once training has run this long
+    clip: float = 1.0  # gradient norm clipping
+    average: float = 0.0  # validate and keep an exponential moving average of the weights with this decay; 0 = off
+    validate_at_start: bool = False  # a validation before the first step (the curve starts at the base model)
+
+
+@dataclass
+class LoopResult:
+    best_state: dict[str, torch.Tensor] | None  # the kept weights (cpu) at the best validation; None if never better
+    best: dict[str, Any]  # {"step", "epoch", **metrics} of the best validation
+    steps: int
+    seconds: float
+    stopped: str  # "done", "early stop", "time limit"
+    history: dict[str, list] = field(default_factory=dict)
+
+
+def fit(model: torch.nn.Module, trainer: Trainer, settings: LoopSettings, optimizer: torch.optim.Optimizer,
+        scheduler, *, device: torch.device, total_steps: int, amp_dtype: torch.dtype | None = None,
+        log=tqdm.write) -> LoopResult:
+    """Train `model` with `trainer` for settings.epochs (total_steps optimizer steps in all: the trainer knows how
+    many without drawing its batches, which would move its random order)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    average = WeightAverage(model, settings.average) if settings.average else None
+    kept = average.model if average else model  # what is validated and kept
+    history: dict[str, list] = {"step": [], "train_loss": [], "val_step": []}
+    best: dict[str, Any] = {"step": 0, "epoch": 0}
+    best_state, best_score, bad, step, stopped = None, None, 0, 0, "done"
+    stats: dict[str, float] = {}
+
+    def validation(at_step: int, epoch: int) -> bool:
+        nonlocal best_state, best_score, bad, stats
+        metrics = trainer.validate(kept)
+        train = trainer.train_metrics(stats) if stats else {}
+        stats = {}
+        history["val_step"].append(at_step)
+        if train:  # the mean over the steps since the last validation, at this step
+            history.setdefault("train_metrics_step", []).append(at_step)
+        for k, v in {**train, **metrics}.items():
+            history.setdefault(k if k != "train_loss" else "train_loss_mean", []).append(v)
+        score = trainer.score(metrics)
+        improved = best_score is None or score > best_score
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in {**train, **metrics}.items())
+        log(f"step {at_step:5d}  {shown}{'  (best)' if improved else ''}")
+        if improved:
+            best_score, bad = score, 0
+            best.update(step=at_step, epoch=epoch, **metrics)
+            best_state = {k: t.detach().cpu().clone() for k, t in kept.state_dict().items()}
+        else:
+            bad += 1
+        return improved
+
+    total = total_steps
+    t0 = time.perf_counter()
+    if settings.validate_at_start:
+        validation(0, 0)
+    bar = tqdm(total=total, desc="train", unit="step", leave=False)
+    for epoch in range(settings.epochs):
+        for group in trainer.epoch_steps(epoch):
+            model.train()
+            total_units = sum(trainer.units(b) for b in group)
+            loss_value = 0.0
+            for batch in group:  # the step's loss is the unit-weighted mean over its micro-batches
+                with autocast(device, amp_dtype):
+                    loss, s = trainer.loss(model, batch, total_units)
+                loss.backward()
+                loss_value += loss.item()
+                for k, v in s.items():
+                    stats[k] = stats.get(k, 0.0) + v
+            if settings.clip:
+                torch.nn.utils.clip_grad_norm_(params, settings.clip)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if average:
+                average.update()
+            step += 1
+            history["step"].append(step)
+            history["train_loss"].append(loss_value)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.3f}")
+            out_of_time = bool(settings.max_minutes) and time.perf_counter() - t0 > settings.max_minutes * 60
+            if step % settings.eval_every == 0 or step == total or out_of_time:
+                validation(step, epoch + 1)
+                if settings.patience and bad >= settings.patience:
+                    stopped = "early stop"
+                    log(f"early stop: validation has not improved for {bad} evaluations")
+                    break
+            if out_of_time:
+                stopped = "time limit"
+                log(f"time limit: stopping after {settings.max_minutes} min at step {step}")
+                break
+        if stopped != "done":
+            break
+    bar.close()
+    return LoopResult(best_state, best, step, time.perf_counter() - t0, stopped, history)
+
+
+def write_history(result: LoopResult, out: Path, title: str, extra_plots: dict[str, str] | None = None) -> list[Path]:
+    """history.json, loss.png (train per step, validation), and one PNG per extra validation metric
+    ({history key: file stem}, e.g. {"val_acc": "accuracy"}). Returns the files written."""
+    from finetune.plots import plot_curves
+    h = result.history
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "history.json").write_text(json.dumps(h) + "\n")
+    series = {"train": (h["step"], h["train_loss"])}
+    if h.get("val_loss"):
+        series["validation"] = (h["val_step"], h["val_loss"])
+    files = [plot_curves(series, out / "loss.png", title=f"{title}: loss", xlabel="optimizer step")]
+    for key, stem in (extra_plots or {}).items():
+        curves = {k.replace("_", " "): (h["train_metrics_step" if k.startswith("train_") else "val_step"], h[k])
+                  for k in ([key] if isinstance(key, str) else key) if h.get(k)}
+        if curves:
+            files.append(plot_curves(curves, out / f"{stem}.png", title=f"{title}: {stem.replace('_', ' ')}",
+                                     xlabel="optimizer step", ylabel=stem.replace("_", " ")))
+    return files
