@@ -1,4 +1,5 @@
-"""What every training CLI shares: --help that shows defaults, the thread count, --dtype, errors as one clear line."""
+"""What every training CLI shares: one way to declare and dispatch subcommands (`set_defaults(func=...)` +
+`cli_main`), --help that shows defaults, the thread count, --dtype, errors as one clear line."""
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,14 @@ def run_command(args: argparse.Namespace, command: Callable[[argparse.Namespace]
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     try:
-        return command(args) or 0
+        result = command(args)
     except expected_errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return result if isinstance(result, int) else 0  # a trainer's summary dict means success
+
+
+def cli_main(parser: argparse.ArgumentParser, argv, expected_errors: tuple[type[BaseException], ...]) -> int:
+    """Every training CLI's main(): parse, run the subcommand's `func` (each subparser's set_defaults), exit code."""
+    args = parser.parse_args(argv)
+    return run_command(args, args.func, expected_errors)

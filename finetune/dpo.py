@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import random
 import sys
 import time
@@ -34,15 +33,14 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from finetune.cli import DefaultsHelp, add_dtype_arg, run_command
-from finetune.loop import LoopSettings, fit, write_history
+from finetune.cli import DefaultsHelp, add_dtype_arg, cli_main
+from finetune.loop import LoopSettings, fit, start, write_history
 from finetune.optim import adamw, autocast_dtype, warmup_cosine_schedule
 from llm.checkpoint import CheckpointError, save_checkpoint
-from llm.device import pick_device
 from llm.download import DownloadError
-from llm.instruct import IGNORE_INDEX, InstructionDataError, collate, split_entries
+from llm.instruct import IGNORE_INDEX, InstructionDataError, collate, local_or_download, read_json_list, split_entries
 from llm.prompt import format_prompt, template_metadata
-from llm.tokenizer import TokenizerError, get_tokenizer
+from llm.tokenizer import TokenizerError
 
 DATA_ENV = "LLM_PREFERENCE_DATA"
 # Pinned to the commit that last changed the file (its sha256 is checked after the download).
@@ -57,25 +55,12 @@ FIELDS = ("instruction", "input", "chosen", "rejected")
 # ---------------------------------------------------------------------------------------------
 
 def fetch_preferences(path: str | None, data_dir: str = "data/instruction") -> Path:
-    from llm.download import download
-    chosen = path or os.environ.get(DATA_ENV)
-    if chosen:
-        src = Path(chosen).expanduser()
-        if not src.is_file():
-            raise InstructionDataError(f"preference data file {src} does not exist (from --data or ${DATA_ENV}).")
-        return src
-    return download(DATA_URL, Path(data_dir) / DATA_URL.rsplit("/", 1)[1], sha256=DATA_SHA256,
-                    offline_hint=f"pass a local copy with --data PATH or ${DATA_ENV}=PATH.")
+    return local_or_download(path, DATA_ENV, DATA_URL, data_dir, "preference data", sha256=DATA_SHA256)
 
 
 def read_preferences(path: str | Path) -> list[dict]:
     """Records with non-empty instruction, chosen and rejected strings (input may be empty); bad ones refused by index."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InstructionDataError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(data, list):
-        raise InstructionDataError(f"{path} must hold a JSON list of {{instruction, input, chosen, rejected}} objects")
+    data = read_json_list(path, "{instruction, input, chosen, rejected}")
     good, bad = [], []
     for i, e in enumerate(data):
         e = {**e, "input": e.get("input", "")} if isinstance(e, dict) else None
@@ -190,9 +175,6 @@ class DPOTrainer:
         model.train(was)
         return self._metrics("val", total)
 
-    def score(self, metrics):
-        return -metrics["val_loss"]
-
 
 # ---------------------------------------------------------------------------------------------
 # train
@@ -203,10 +185,7 @@ def train(args) -> dict:
     from llm.instruct import CREATE_HINT, check_template, checkpoint_path
     from llm.weights import load_model
 
-    torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
-    device = pick_device(args.device)
-    tok = get_tokenizer(args.bpe_dir)
+    device, rng, tok = start(args)
     src = fetch_preferences(args.data)
     splits = split_entries(read_preferences(src))
     train_pairs = [encode_pair(tok, r) for r in splits["train"][:args.limit or None]]
@@ -339,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None, help="cuda, mps or cpu (default: $LLM_DEVICE, else the best available)")
     t.add_argument("--bpe-dir", default=None, help="folder with GPT-2's encoder.json + vocab.bpe (default: $LLM_BPE_DIR)")
     add_dtype_arg(t)
-    t.set_defaults(func=lambda a: (train(a), 0)[1])
+    t.set_defaults(func=train)
     e = sub.add_parser("eval", help="test responses of the SFT and the DPO model: ROUGE-L to chosen vs rejected")
     e.add_argument("--sft", default="checkpoints/instruct", help="the starting checkpoint (default: %(default)s)")
     e.add_argument("--dpo", default="checkpoints/instruct-dpo", help="the preference-tuned one (default: %(default)s)")
@@ -356,8 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command(args, args.func, (CheckpointError, DownloadError, TokenizerError, InstructionDataError, ValueError))
+    return cli_main(build_parser(), argv, (CheckpointError, DownloadError, TokenizerError, InstructionDataError, ValueError))
 
 
 if __name__ == "__main__":

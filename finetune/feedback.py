@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from finetune.cli import run_command
+from finetune.cli import cli_main
 
 DEFAULT_OUT = "data/feedback"
 KINDS = ("spam_verdict", "answer")  # llm.serving.chat.VERDICT_KIND, ANSWER_KIND (what the app stores per reply)
@@ -150,15 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--database", default=None, help=f"the app's database URL (default: ${DATABASE_ENV}, else {DEFAULT_DATABASE})")
     ex.add_argument("--out-dir", default=DEFAULT_OUT, help=f"where the two files go (default: {DEFAULT_OUT})")
     ex.add_argument("--include-confirmed", action="store_true", help="also export 👍 spam verdicts, label kept")
+    ex.set_defaults(func=cmd_export)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command(args, _dispatch, (FeedbackError,))
+    return cli_main(build_parser(), argv, (FeedbackError,))
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def cmd_export(args: argparse.Namespace) -> int:
     import os
 
     from llm.serving.history import DATABASE_ENV, DEFAULT_DATABASE

@@ -20,19 +20,18 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import torch
 from tqdm import tqdm
 
-from finetune.cli import add_dtype_arg, run_command
-from finetune.optim import adamw, autocast, autocast_dtype, length_grouped_batches, warmup_cosine_schedule
+from finetune.cli import add_dtype_arg, cli_main
+from finetune.loop import LoopSettings, fit, start, write_history
+from finetune.optim import adamw, autocast_dtype, length_grouped_batches, warmup_cosine_schedule
 from llm.checkpoint import CheckpointError, save_checkpoint
-from llm.device import pick_device
 from llm.download import DownloadError
 from llm.generate import add_generation_args, add_runtime_args, settings_from_args
 from llm.instruct import (IGNORE_INDEX, InstructionDataError, InstructionModel, batched_loss, collate, token_loss_sum,
                           encode_example, fetch_data, read_entries, split_entries)
 from llm.prompt import STOP_STRINGS, template_metadata
-from llm.tokenizer import TokenizerError, get_tokenizer
+from llm.tokenizer import TokenizerError
 
 OLLAMA_URL = "http://localhost:11434/api/chat"
 
@@ -69,18 +68,76 @@ def cmd_prepare(args) -> int:
 # train
 # ---------------------------------------------------------------------------------------------
 
+def conversation_examples(tok, items: list[dict], fraction: float, max_turns: int, max_length: int,
+                          rng: random.Random) -> list:
+    """The training examples: each item alone, or (with probability `fraction`) after 1..max_turns other items'
+    exchanges, as the app sends a follow-up; the loss is on the last response only. Earlier turns that do not fit
+    max_length are dropped, oldest first. With fraction 0 no random number is drawn (the single-turn recipe)."""
+    out = []
+    for i, e in enumerate(items):
+        history = []
+        if fraction > 0 and len(items) > 1 and rng.random() < fraction:
+            k = min(rng.randint(1, max_turns), len(items) - 1)
+            while len(history) < k:
+                j = rng.randrange(len(items))
+                if j != i and items[j] not in history:
+                    history.append(items[j])
+        example = encode_example(tok, e, history)
+        while history and len(example.ids) > max_length:
+            history = history[1:]
+            example = encode_example(tok, e, history)
+        out.append(example)
+    return out
+
+
+class InstructTrainer:
+    """The shared loop's trainer for instruction fine-tuning: prompt + response sequences, token-weighted loss."""
+
+    def __init__(self, train_ex, val_ex, *, batch_size: int, grad_accum: int, eot_id: int, mask_prompt: bool,
+                 max_length: int, group_by_length: bool, device, rng: random.Random):
+        self.train_ex, self.val_ex, self.batch_size, self.grad_accum = train_ex, val_ex, batch_size, grad_accum
+        self.eot_id, self.mask_prompt, self.max_length, self.device, self.rng = eot_id, mask_prompt, max_length, device, rng
+        self.group_by_length = group_by_length
+        self.lengths = [min(len(e.ids), max_length) for e in train_ex]
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train_ex) / (self.batch_size * self.grad_accum))
+
+    def epoch_steps(self, epoch: int):
+        if self.group_by_length:
+            micro = length_grouped_batches(self.lengths, self.batch_size, self.rng)
+        else:
+            order = list(range(len(self.train_ex)))
+            self.rng.shuffle(order)
+            micro = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches = [collate([self.train_ex[j] for j in idx], self.eot_id, self.mask_prompt, self.max_length) for idx in micro]
+        return [batches[k:k + self.grad_accum] for k in range(0, len(batches), self.grad_accum)]
+
+    def units(self, batch) -> int:
+        return int((batch[1] != IGNORE_INDEX).sum())  # target tokens: the step's loss is a mean per token
+
+    def loss(self, model, batch, total_units):
+        x, y = batch
+        return token_loss_sum(model, x.to(self.device), y.to(self.device)) / max(total_units, 1), {}
+
+    def train_metrics(self, stats):
+        return {}
+
+    def validate(self, model):
+        return {"val_loss": batched_loss(model, self.val_ex, self.eot_id, self.device, batch_size=self.batch_size,
+                                         mask_prompt=self.mask_prompt, max_length=self.max_length)}
+
+
 def train(args) -> dict:
-    from finetune.plots import plot_curves
     from llm.weights import load_model, resolve_base
 
-    torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
-    device = pick_device(args.device)
-    tok = get_tokenizer(args.bpe_dir)
+    device, rng, tok = start(args)
     splits = load_splits(args.data, args.alpaca)
     train_items = splits["train"][:args.limit] if args.limit else splits["train"]
     val_items = splits["val"][:args.val_limit] if args.val_limit else splits["val"]
-    train_ex = [encode_example(tok, e) for e in train_items]
+    max_len = args.max_length
+    train_ex = conversation_examples(tok, train_items, args.history_fraction, args.history_turns, max_len,
+                                     random.Random(args.seed + 1))
     val_ex = [encode_example(tok, e) for e in val_items]
 
     # task="lm": fine-tuning a classifier's checkpoint would save one that InstructionModel.load refuses.
@@ -95,107 +152,38 @@ def train(args) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(params, device, lr=args.lr, weight_decay=args.weight_decay)
     amp_dtype = autocast_dtype(args.dtype, device)
-    max_len = min(args.max_length, model.config.n_positions)
-    steps_per_epoch = math.ceil(len(train_ex) / (args.batch_size * args.grad_accum))
-    total_steps = steps_per_epoch * args.epochs
-    warmup = min(args.warmup, total_steps // 10)
-    sched = warmup_cosine_schedule(opt, total_steps, warmup)
-
-    def val_loss() -> float:
-        with autocast(device, amp_dtype):
-            return batched_loss(model, val_ex, tok.eot_id, device, batch_size=args.batch_size,
-                                mask_prompt=args.mask_prompt, max_length=max_len)
-
+    max_len = min(max_len, model.config.n_positions)
+    trainer = InstructTrainer(train_ex, val_ex, batch_size=args.batch_size, grad_accum=args.grad_accum, eot_id=tok.eot_id,
+                              mask_prompt=args.mask_prompt, max_length=max_len, group_by_length=args.group_by_length,
+                              device=device, rng=rng)
+    total_steps = trainer.steps_per_epoch() * args.epochs
+    sched = warmup_cosine_schedule(opt, total_steps, min(args.warmup, total_steps // 10))
     print(f"training {trainable / 1e6:.2f}M parameters ({'LoRA r=%d' % args.lora_rank if args.lora_rank else 'full'}) on "
-          f"{len(train_ex)} examples, {args.epochs} epochs x {steps_per_epoch} steps, batch {args.batch_size}x{args.grad_accum}, "
+          f"{len(train_ex)} examples, {args.epochs} epochs x {trainer.steps_per_epoch()} steps, batch {args.batch_size}x{args.grad_accum}, "
           f"lr {args.lr}, max length {max_len}, prompt masking {'on' if args.mask_prompt else 'off'}, device {device}, "
-          f"autocast {amp_dtype or 'off'}{', batches grouped by length' if args.group_by_length else ''}", file=sys.stderr)
-    history = {"step": [], "train": [], "val_step": [], "val": []}
-    best = {"val": val_loss(), "step": 0, "state": None}
-    history["val_step"].append(0)
-    history["val"].append(best["val"])
-    print(f"step 0: val loss {best['val']:.3f}", file=sys.stderr)
-    step, bad_evals, t0, stop = 0, 0, time.time(), False
-
-    def evaluate(at_step: int, train_loss: float) -> bool:
-        """Validation loss now; keeps a copy of the weights when it is the best so far."""
-        v = val_loss()
-        history["val_step"].append(at_step)
-        history["val"].append(v)
-        tqdm.write(f"step {at_step}: train loss {train_loss:.3f}, val loss {v:.3f}", file=sys.stderr)
-        if v >= best["val"]:
-            return False
-        best.update(val=v, step=at_step, state={k: t.detach().cpu().clone() for k, t in model.state_dict().items()})
-        return True
-
-    lengths = [min(len(e.ids), max_len) for e in train_ex]
-    bar = tqdm(total=total_steps, desc="train", unit="step")
-    for epoch in range(args.epochs):
-        if args.group_by_length:
-            micro = length_grouped_batches(lengths, args.batch_size, rng)
-        else:
-            order = list(range(len(train_ex)))
-            rng.shuffle(order)
-            micro = [order[i:i + args.batch_size] for i in range(0, len(order), args.batch_size)]
-        for k in range(0, len(micro), args.grad_accum):
-            group = micro[k:k + args.grad_accum]
-            n_tokens = 0
-            batches = []
-            for idx in group:
-                x, y = collate([train_ex[j] for j in idx], tok.eot_id, args.mask_prompt, max_len)
-                batches.append((x, y))
-                n_tokens += int((y != IGNORE_INDEX).sum())
-            loss_sum = 0.0
-            for x, y in batches:  # token-weighted mean over the whole accumulated step
-                with autocast(device, amp_dtype):
-                    loss = token_loss_sum(model, x.to(device), y.to(device)) / max(n_tokens, 1)
-                loss.backward()
-                loss_sum += loss.item()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            history["step"].append(step)
-            history["train"].append(loss_sum)
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum:.3f}", best_val=f"{best['val']:.3f}")
-            out_of_time = bool(args.max_minutes) and time.time() - t0 > args.max_minutes * 60
-            if step % args.eval_every == 0 or step == total_steps or out_of_time:
-                improved = evaluate(step, loss_sum)
-                if improved:
-                    bad_evals = 0
-                else:
-                    bad_evals += 1
-                    if args.patience and bad_evals >= args.patience:
-                        tqdm.write(f"early stop: val loss has not improved for {bad_evals} evaluations", file=sys.stderr)
-                        stop = True
-                        break
-            if out_of_time and not stop:
-                tqdm.write(f"time limit: stopping after {args.max_minutes} min at step {step}", file=sys.stderr)
-                stop = True
-                break
-        if stop:
-            break
-    bar.close()
-    seconds = time.time() - t0
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
+          f"autocast {amp_dtype or 'off'}{', batches grouped by length' if args.group_by_length else ''}"
+          f"{f', weight average {args.average}' if args.average else ''}", file=sys.stderr)
+    settings = LoopSettings(epochs=args.epochs, eval_every=args.eval_every, patience=args.patience,
+                            max_minutes=args.max_minutes, average=args.average, validate_at_start=True)
+    result = fit(model, trainer, settings, opt, sched, device=device, total_steps=total_steps, amp_dtype=amp_dtype,
+                 log=lambda m: tqdm.write(m, file=sys.stderr))
+    model.load_state_dict(result.best_state)
     model = model.cpu()
     if args.lora_rank:
         from llm.lora import merge_lora
         merge_lora(model)
     out = Path(args.out)
     config = {k: v for k, v in vars(args).items() if k not in ("func",)}
+    best = result.best
     metadata = {"prompt_template": template_metadata(), "base": resolve_base(args.base), "train_config": config,
-                "best_step": best["step"], "best_val_loss": best["val"], "steps": step, "train_seconds": round(seconds, 1),
-                "train_examples": len(train_ex), "val_examples": len(val_ex)}
+                "conversations": ({"fraction": args.history_fraction, "max_turns": args.history_turns}
+                                  if args.history_fraction > 0 else None),
+                "best_step": best["step"], "best_val_loss": best["val_loss"], "steps": result.steps,
+                "train_seconds": round(result.seconds, 1), "train_examples": len(train_ex), "val_examples": len(val_ex)}
     save_checkpoint(model.eval(), out, metadata=metadata)
-    (out / "history.json").write_text(json.dumps(history) + "\n")
-    plot_curves({"train": (history["step"], history["train"]), "validation": (history["val_step"], history["val"])},
-                out / "loss.png", title="instruction fine-tuning", xlabel="optimizer step")
-    print(f"trained {step} steps in {seconds / 60:.1f} min; best val loss {best['val']:.3f} at step {best['step']} -> {out} "
-          f"(loss plot {out / 'loss.png'})")
+    write_history(result, out, "instruction fine-tuning")
+    print(f"trained {result.steps} steps in {result.seconds / 60:.1f} min ({result.stopped}); best val loss "
+          f"{best['val_loss']:.3f} at step {best['step']} -> {out} (loss plot {out / 'loss.png'})")
     return metadata
 
 
@@ -295,6 +283,15 @@ def judge_scores(rows: list[dict], model: str, url: str = OLLAMA_URL) -> list[in
     return scores
 
 
+COPIED = 0.8  # ROUGE-L F1 of a follow-up's answer to the previous answer at or above this: copied, not answered
+
+
+def follow_up_history(test: list[dict], seed: int = 0) -> list[dict]:
+    """For each test item, another test item whose exchange comes before it (a fixed random pairing)."""
+    rng = random.Random(seed)
+    return [test[(i + rng.randrange(1, len(test))) % len(test)] for i in range(len(test))]
+
+
 def cmd_eval(args) -> int:
     ckpt = im_path(args)
     im = InstructionModel.load(ckpt, args.device, args.precision, args.bpe_dir)
@@ -303,7 +300,9 @@ def cmd_eval(args) -> int:
     examples = [encode_example(im.tokenizer, e) for e in test]
     device = im.model.wte.weight.device
     loss = batched_loss(im.model, examples, im.tokenizer.eot_id, device, batch_size=8, mask_prompt=True)
-    responses_path = Path(args.responses or Path(ckpt) / "test-responses.json")
+    earlier = follow_up_history(test) if args.with_history else None
+    suffix = "-after-history" if args.with_history else ""
+    responses_path = Path(args.responses or Path(ckpt) / f"test-responses{suffix}.json")
     rows = None
     if responses_path.is_file() and not args.regenerate:
         rows = json.loads(responses_path.read_text())
@@ -312,25 +311,31 @@ def cmd_eval(args) -> int:
     if rows is None:
         settings = settings_from_args(args, stop_strings=STOP_STRINGS)
         t0 = time.time()
-        responses = im.respond_batch(test, settings, batch_size=args.batch_size, progress=True)
+        responses = im.respond_batch(test, settings, batch_size=args.batch_size, progress=True,
+                                     histories=[[(p["instruction"], p["output"])] for p in earlier] if earlier else None)
         print(f"generated {len(test)} responses in {time.time() - t0:.0f} s", file=sys.stderr)
-        rows = [{**e, "model_response": r} for e, r in zip(test, responses)]
+        rows = [{**e, "model_response": r, **({"earlier": earlier[i]} if earlier else {})}
+                for i, (e, r) in enumerate(zip(test, responses))]
         responses_path.parent.mkdir(parents=True, exist_ok=True)
         responses_path.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
     rouge = [rouge_l_f1(r["model_response"], r["output"]) for r in rows]
     exact = sum(exact_match(r["model_response"], r["output"]) for r in rows)
     leaked = sum(any(s.strip() in r["model_response"] for s in ("### Instruction:", "### Input:", "### Response:")) for r in rows)
+    if earlier:  # a follow-up that repeats (most of) the previous answer instead of answering the new question
+        metrics_history = {"after_history": True, "follows_conversations": im.follows_conversations,
+                           "copied_from_earlier": sum(rouge_l_f1(r["model_response"], r["earlier"]["output"]) >= COPIED
+                                                      for r in rows)}
     metrics = {"checkpoint": str(ckpt), "test_items": len(rows), "test_loss": round(loss, 4),
                "test_perplexity": round(math.exp(loss), 2), "rouge_l_f1": round(sum(rouge) / len(rouge), 4),
                "exact_match": exact, "exact_match_rate": round(exact / len(rows), 4), "responses_with_template_headers": leaked,
-               "responses_file": str(responses_path)}
+               "responses_file": str(responses_path), **(metrics_history if earlier else {})}
     if args.judge_model:
         scores = judge_scores(rows, args.judge_model, args.judge_url)
         if scores is not None:
             valid = [s for s in scores if s is not None]
             metrics["judge_model"] = args.judge_model
             metrics["judge_mean_score"] = round(sum(valid) / max(len(valid), 1), 2)
-    out = Path(args.metrics or Path(ckpt) / "metrics.json")
+    out = Path(args.metrics or Path(ckpt) / f"metrics{suffix}.json")
     out.write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics, indent=2))
     return 0
@@ -370,8 +375,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_dtype_arg(q)
     q.add_argument("--mask-prompt", action=argparse.BooleanOptionalAction, default=True,
                    help="train on the response tokens only (default: on)")
+    q.add_argument("--history-fraction", type=float, default=0.0,
+                   help="train this share of the examples after 1..--history-turns earlier exchanges (loss on the last "
+                        "response only), so follow-up questions work; the app gives history only to such a checkpoint "
+                        "(default: 0, single exchanges)")
+    q.add_argument("--history-turns", type=int, default=2, help="at most this many earlier exchanges (default: %(default)s)")
     q.add_argument("--lora-rank", type=int, default=0, help="LoRA rank; 0 = full fine-tune (default)")
     q.add_argument("--lora-alpha", type=float, default=32.0)
+    q.add_argument("--average", type=float, default=0.0,
+                   help="validate and keep an exponential moving average of the weights with this decay (0 = off, the default)")
     q.add_argument("--eval-every", type=int, default=30, help="validation loss every N optimizer steps")
     q.add_argument("--patience", type=int, default=3, help="early stop after N evaluations without improvement (0 = never)")
     q.add_argument("--max-minutes", type=float, default=None, help="stop training after this long (the best checkpoint is kept)")
@@ -380,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=123)
     q.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_runtime_args(q)
-    q.set_defaults(func=lambda a: (train(a), 0)[1])
+    q.set_defaults(func=train)
 
     for name, helptext in (("generate", "answer one instruction (streamed) or write all test responses"),
                            ("eval", "test loss/perplexity, ROUGE-L F1, exact match (+ optional Ollama judge)")):
@@ -401,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
             q.set_defaults(func=cmd_generate)
         else:
             q.add_argument("--regenerate", action="store_true", help="generate responses even if the file exists")
+            q.add_argument("--with-history", action="store_true",
+                           help="ask each test question after another test item's exchange, as a follow-up in the app; "
+                                "also counts answers copied from that earlier exchange (files get -after-history)")
             q.add_argument("--metrics", default=None, help="metrics JSON (default: CHECKPOINT/metrics.json)")
             q.add_argument("--judge-model", default=None, help="Ollama model to score responses 0-100 (e.g. llama3)")
             q.add_argument("--judge-url", default=OLLAMA_URL)
@@ -409,8 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command(args, args.func, (CheckpointError, DownloadError, TokenizerError, InstructionDataError, ValueError))
+    return cli_main(build_parser(), argv, (CheckpointError, DownloadError, TokenizerError, InstructionDataError, ValueError))
 
 
 if __name__ == "__main__":

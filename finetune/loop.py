@@ -13,7 +13,8 @@ The contract of a trainer (duck-typed, see `Trainer`):
   loss(model, batch, total)     -> (this micro-batch's share of the step's mean loss, stats to sum)
   train_metrics(summed stats)   -> what the history records for the steps since the last validation
   validate(model)               -> {metric: value}, always with "val_loss"
-  score(metrics)                -> a value to maximise (a tuple compares element by element)
+  score(metrics)                -> optional: a value to maximise (a tuple compares element by element);
+                                   without it, the lowest validation loss is the best
 """
 from __future__ import annotations
 
@@ -35,7 +36,6 @@ class Trainer(Protocol):
     def loss(self, model: torch.nn.Module, batch: Any, total_units: int) -> tuple[torch.Tensor, dict[str, float]]: ...
     def train_metrics(self, stats: dict[str, float]) -> dict[str, float]: ...
     def validate(self, model: torch.nn.Module) -> dict[str, float]: ...
-    def score(self, metrics: dict[str, float]) -> Any: ...
 
 
 @dataclass
@@ -57,6 +57,18 @@ class LoopResult:
     seconds: float
     stopped: str  # "done", "early stop", "time limit"
     history: dict[str, list] = field(default_factory=dict)
+
+
+def start(args):
+    """What every trainer does first: seed torch (initial weights, adapters, dropout), return (device, the batch
+    order's random.Random, the tokenizer) for args.seed, args.device and args.bpe_dir."""
+    import random
+
+    from llm.device import pick_device
+    from llm.tokenizer import get_tokenizer
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    return pick_device(args.device), rng, get_tokenizer(args.bpe_dir)
 
 
 def fit(model: torch.nn.Module, trainer: Trainer, settings: LoopSettings, optimizer: torch.optim.Optimizer,
@@ -82,7 +94,7 @@ def fit(model: torch.nn.Module, trainer: Trainer, settings: LoopSettings, optimi
             history.setdefault("train_metrics_step", []).append(at_step)
         for k, v in {**train, **metrics}.items():
             history.setdefault(k if k != "train_loss" else "train_loss_mean", []).append(v)
-        score = trainer.score(metrics)
+        score = trainer.score(metrics) if hasattr(trainer, "score") else -metrics["val_loss"]
         improved = best_score is None or score > best_score
         shown = "  ".join(f"{k} {v:.4f}" for k, v in {**train, **metrics}.items())
         log(f"step {at_step:5d}  {shown}{'  (best)' if improved else ''}")

@@ -26,28 +26,26 @@ import json
 import math
 import random
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from finetune.calibration import calibrate_checkpoint
-from finetune.cli import DefaultsHelp, run_command
-from finetune.optim import WeightAverage, adamw, length_grouped_batches, warmup_cosine_schedule
+from finetune.cli import DefaultsHelp, add_dtype_arg, cli_main
+from finetune.loop import LoopSettings, fit, start, write_history
+from finetune.optim import adamw, autocast_dtype, length_grouped_batches, warmup_cosine_schedule
 from finetune.sms_synth import NOISE_PROBABILITY, noisy
 from finetune.spam_data import DATA_DIR, prepare, read_labelled, synthetic_rows, validation_rows
 from finetune.spam_eval import CHALLENGE_FILE, clf_path_default, run_eval
 from finetune.spam_predict import predict
 from llm.checkpoint import CheckpointError, save_checkpoint
-from llm.device import pick_device
 from llm.download import DownloadError
 from llm.generate import add_runtime_args
 from llm.model import GPTClassifier
 from llm.spam import LABELS, SPAM_THRESHOLD, SpamDataError, collate, encode, read_split, valid_threshold
-from llm.tokenizer import TokenizerError, get_tokenizer
+from llm.tokenizer import TokenizerError
 
 # ---------------------------------------------------------------------------------------------
 # train
@@ -84,13 +82,6 @@ def select_trainable(model: GPTClassifier, train: str, last_blocks: int, lora_ra
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def batches(seqs, labels, batch_size, pad_id, max_length, rng: random.Random):
-    """Training batches in random order, grouped by length and padded to their own longest message."""
-    for idx in length_grouped_batches([len(s) for s in seqs], batch_size, rng):
-        ids, mask = collate([seqs[j] for j in idx], pad_id, max_length)
-        yield ids, mask, torch.tensor([labels[j] for j in idx])
-
-
 @torch.no_grad()
 def evaluate(model, seqs, labels, pad_id, max_length, device, batch_size=32) -> tuple[float, float, list[float]]:
     """(mean loss, accuracy at SPAM_THRESHOLD, p_spam per message)."""
@@ -118,14 +109,55 @@ def _save(model, out: Path, metadata: dict) -> None:
     save_checkpoint(model, out, metadata=metadata)
 
 
+class SpamTrainer:
+    """The shared loop's trainer for the classifier: each epoch restyles a fresh random share of the messages
+    (finetune/sms_synth.py NOISES), then batches them by length; validation accuracy decides, then loss."""
+
+    def __init__(self, tok, train_rows, val_seqs, y_val, *, batch_size: int, max_length: int, noise: float,
+                 noise_rng: random.Random, rng: random.Random, device):
+        self.tok, self.texts = tok, [t for _, t in train_rows]
+        self.y = [LABELS.index(lab) for lab, _ in train_rows]
+        self.val_seqs, self.y_val, self.batch_size, self.max_length = val_seqs, y_val, batch_size, max_length
+        self.noise, self.noise_rng, self.rng, self.device = noise, noise_rng, rng, device
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.texts) / self.batch_size)
+
+    def epoch_steps(self, epoch: int):
+        seqs = [self.tok.encode(noisy(t, self.noise_rng, self.noise))[:self.max_length] for t in self.texts]
+        steps = []
+        for idx in length_grouped_batches([len(q) for q in seqs], self.batch_size, self.rng):
+            ids, mask = collate([seqs[j] for j in idx], self.tok.eot_id, self.max_length)
+            steps.append([(ids, mask, torch.tensor([self.y[j] for j in idx]))])
+        return steps
+
+    def units(self, batch) -> int:
+        return len(batch[2])
+
+    def loss(self, model, batch, total_units):
+        ids, mask, y = (t.to(self.device) for t in batch)
+        logits = model(ids, attention_mask=mask)
+        loss = F.cross_entropy(logits, y)
+        stats = {"loss": loss.item() * len(y), "correct": (logits.argmax(-1) == y).sum().item(), "n": len(y)}
+        if total_units != len(y):  # a share of an accumulated step
+            loss = loss * (len(y) / total_units)
+        return loss, stats
+
+    def train_metrics(self, stats):
+        return {"train_loss": stats["loss"] / stats["n"], "train_acc": stats["correct"] / stats["n"]}
+
+    def validate(self, model):
+        loss, acc, _ = evaluate(model, self.val_seqs, self.y_val, self.tok.eot_id, self.max_length, self.device)
+        return {"val_loss": loss, "val_acc": acc}
+
+    def score(self, metrics):
+        return metrics["val_acc"], -metrics["val_loss"]
+
+
 def train(args) -> dict:
     from llm.weights import resolve_base
-    from finetune.plots import plot_curves
 
-    torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
-    device = pick_device(args.device)
-    tok = get_tokenizer(args.bpe_dir)
+    device, rng, tok = start(args)
     data_dir = Path(args.data_dir) / args.split_set
     train_rows = read_split(data_dir / "train.csv") + synthetic_rows(args.synthetic, args.seed)
     for path in args.extra_train or ():
@@ -135,89 +167,43 @@ def train(args) -> dict:
     model = classifier_from_base(base, dropout=args.dropout)
     context = model.config.n_positions
     max_length = min(args.max_length or max(len(tok.encode(t)) for _, t in train_rows), context)
-    noise_rng = random.Random(args.seed + 2)
     val_seqs = [encode(tok, t, max_length) for _, t in val_rows]
-    y_train = [LABELS.index(lab) for lab, _ in train_rows]
     y_val = [LABELS.index(lab) for lab, _ in val_rows]
     n_trainable = select_trainable(model, args.train, args.last_blocks, args.lora_rank, args.lora_alpha)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(params, device, lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = math.ceil(len(train_rows) / args.batch_size)
-    total_steps = steps_per_epoch * args.epochs
+    trainer = SpamTrainer(tok, train_rows, val_seqs, y_val, batch_size=args.batch_size, max_length=max_length,
+                          noise=args.noise, noise_rng=random.Random(args.seed + 2), rng=rng, device=device)
+    total_steps = trainer.steps_per_epoch() * args.epochs
     sched = warmup_cosine_schedule(opt, total_steps, round(args.warmup * total_steps), args.min_lr_ratio)
-    average = WeightAverage(model, args.average) if args.average else None
-    kept = average.model if average else model  # what is validated and saved
     out = Path(args.out)
     metadata = {"labels": list(LABELS), "max_length": max_length, "base": str(base),
                 "threshold": SPAM_THRESHOLD if args.threshold is None else args.threshold,
                 "train": args.train, "last_blocks": args.last_blocks if args.train == "last" else None,
                 "split_set": args.split_set, "lr": args.lr, "batch_size": args.batch_size, "epochs": args.epochs,
-                "average": args.average, "extra_train": args.extra_train, "synthetic_per_category": args.synthetic, "noise": args.noise, "seed": args.seed}
+                "average": args.average, "dtype": args.dtype, "extra_train": args.extra_train,
+                "synthetic_per_category": args.synthetic, "noise": args.noise, "seed": args.seed}
+    amp_dtype = autocast_dtype(args.dtype, device)
     print(f"base {base}; training {args.train} ({n_trainable / 1e6:.2f}M of {model.num_parameters() / 1e6:.1f}M parameters); "
           f"{len(train_rows)} train / {len(val_seqs)} validation messages from {data_dir} (with {args.synthetic} synthetic "
-          f"per category, finetune/sms_synth.py; noise {args.noise}); max length {max_length} tokens; device {device}")
-
-    history = {"step": [], "train_loss": [], "val_loss": [], "train_acc": [], "val_acc": []}
-    best = {"val_acc": -1.0, "val_loss": math.inf, "step": 0}
-    run_loss, run_correct, run_n, step, bad_evals, stop = 0.0, 0, 0, 0, 0, False
-    t0 = time.perf_counter()
-    for epoch in range(args.epochs):
-        # Each epoch restyles a fresh random share of the messages (case, leetspeak, whitespace, modern links).
-        train_seqs = [tok.encode(noisy(t, noise_rng, args.noise))[:max_length] for _, t in train_rows]
-        bar = tqdm(batches(train_seqs, y_train, args.batch_size, tok.eot_id, max_length, rng), total=steps_per_epoch,
-                   desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
-        for ids, mask, y in bar:
-            ids, mask, y = ids.to(device), mask.to(device), y.to(device)
-            logits = model(ids, attention_mask=mask)
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            if average:
-                average.update()
-            step += 1
-            run_loss += loss.item() * len(y)
-            run_correct += (logits.argmax(-1) == y).sum().item()
-            run_n += len(y)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            if step % args.eval_every == 0 or step == steps_per_epoch * args.epochs:
-                val_loss, val_acc, _ = evaluate(kept, val_seqs, y_val, tok.eot_id, max_length, device)
-                for k, v in (("step", step), ("train_loss", run_loss / run_n), ("val_loss", val_loss),
-                             ("train_acc", run_correct / run_n), ("val_acc", val_acc)):
-                    history[k].append(v)
-                run_loss, run_correct, run_n = 0.0, 0, 0
-                improved = (val_acc, -val_loss) > (best["val_acc"], -best["val_loss"])
-                tqdm.write(f"step {step:5d}  train loss {history['train_loss'][-1]:.4f} acc {history['train_acc'][-1]:.4f}  "
-                           f"val loss {val_loss:.4f} acc {val_acc:.4f}{'  (best, saved)' if improved else ''}")
-                if improved:
-                    best = {"val_acc": val_acc, "val_loss": val_loss, "step": step, "epoch": epoch + 1}
-                    _save(kept, out, {**metadata, "best_step": step, "val_acc": val_acc, "val_loss": val_loss})
-                    bad_evals = 0
-                else:
-                    bad_evals += 1
-                    if bad_evals >= args.patience:
-                        tqdm.write(f"early stop: validation has not improved for {args.patience} evaluations")
-                        stop = True
-                        break
-        if stop:
-            break
-    seconds = time.perf_counter() - t0
+          f"per category, finetune/sms_synth.py; noise {args.noise}); max length {max_length} tokens; device {device}; "
+          f"autocast {amp_dtype or 'off'}")
+    settings = LoopSettings(epochs=args.epochs, eval_every=args.eval_every, patience=args.patience, average=args.average)
+    result = fit(model, trainer, settings, opt, sched, device=device, total_steps=total_steps, amp_dtype=amp_dtype)
+    model.load_state_dict(result.best_state)  # the best validation's weights (the average's, with --average)
+    best = result.best
+    _save(model, out, {**metadata, "best_step": best["step"], "val_acc": best["val_acc"], "val_loss": best["val_loss"]})
     calibration = calibrate_checkpoint(out, val_rows, target_precision=args.target_precision, threshold=args.threshold,
                                        device=device, bpe_dir=args.bpe_dir)
     metadata = {**metadata, **calibration}
-    val_name = "validation (weight average)" if average else "validation"
-    plot_curves({"train": (history["step"], history["train_loss"]), val_name: (history["step"], history["val_loss"])},
-                out / "loss.png", title="SMS spam: loss")
-    plot_curves({"train": (history["step"], history["train_acc"]), val_name: (history["step"], history["val_acc"])},
-                out / "accuracy.png", title="SMS spam: accuracy", ylabel="accuracy")
-    metrics = {"best": best, "steps": step, "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
-               "trainable_parameters": n_trainable, "config": metadata, "history": history}
+    write_history(result, out, "SMS spam", {("train_acc", "val_acc"): "accuracy"})
+    metrics = {"best": best, "steps": result.steps, "train_seconds": round(result.seconds, 1), "stopped": result.stopped,
+               "threads": torch.get_num_threads(), "trainable_parameters": n_trainable, "config": metadata,
+               "history": result.history}
     (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"done in {seconds:.0f} s ({step} steps); best validation accuracy {best['val_acc']:.4f} at step {best['step']}; "
-          f"checkpoint {out}, curves {out / 'loss.png'}, {out / 'accuracy.png'}")
+    print(f"done in {result.seconds:.0f} s ({result.steps} steps, {result.stopped}); best validation accuracy "
+          f"{best['val_acc']:.4f} at step {best['step']}; checkpoint {out}, curves {out / 'loss.png'}, {out / 'accuracy.png'}")
     return metrics
 
 
@@ -262,11 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     pr = sub.add_parser("prepare", help="get the UCI SMS Spam Collection, deduplicate, write both split sets")
+    pr.set_defaults(func=lambda a: prepare(a.sms_data, a.data_dir))
     pr.add_argument("--sms-data", default=None, help="local SMSSpamCollection file or the UCI zip (default: $LLM_SPAM_DATA, else download)")
     pr.add_argument("--data-dir", default=DATA_DIR, help=f"where the splits go (default {DATA_DIR})")
 
     tr = sub.add_parser("train", help="fine-tune a GPT-2 base into the classifier",
                         formatter_class=DefaultsHelp)
+    tr.set_defaults(func=train)
     tr.add_argument("--base", default=None, help="preset or checkpoint directory (default: $LLM_BASE, else gpt2)")
     tr.add_argument("--data-dir", default=DATA_DIR, help="folder written by `prepare`")
     tr.add_argument("--split-set", default="natural", choices=("natural", "balanced"), help="which split set trains")
@@ -295,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--noise", type=float, default=NOISE_PROBABILITY, metavar="P",
                     help="each epoch, restyle each training message with probability P (upper/lower case, leetspeak, "
                          "ragged whitespace, modern links and numbers; finetune/sms_synth.py NOISES)")
+    add_dtype_arg(tr)
     tr.add_argument("--max-length", type=int, default=None, help="tokens per message (default: the longest training message, capped by the context)")
     tr.add_argument("--eval-every", type=int, default=100, help="steps between validation passes")
     tr.add_argument("--patience", type=int, default=4, help="stop after this many validation passes without improvement")
@@ -311,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ca = sub.add_parser("calibrate", help="fit the temperature of an existing checkpoint on the validation set "
                                           "(updates its config.json; no retraining)", formatter_class=DefaultsHelp)
+    ca.set_defaults(func=run_calibrate)
     ca.add_argument("--checkpoint", default=None, help="classifier checkpoint (default: $LLM_SPAM_CHECKPOINT or checkpoints/spam)")
     ca.add_argument("--data-dir", default=DATA_DIR, help="folder written by `prepare`")
     ca.add_argument("--split-set", default=None, choices=("natural", "balanced"),
@@ -324,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--bpe-dir", default=None, help="folder with GPT-2's encoder.json + vocab.bpe (default: $LLM_BPE_DIR)")
 
     ev = sub.add_parser("eval", help="accuracy, precision, recall, F1 on both test sets, beside TF-IDF + logistic regression")
+    ev.set_defaults(func=run_eval)
     ev.add_argument("--checkpoint", default=None, help="classifier checkpoint (default: $LLM_SPAM_CHECKPOINT or checkpoints/spam)")
     ev.add_argument("--data-dir", default=DATA_DIR, help="folder written by `prepare`")
     ev.add_argument("--out", default=None, help="where the metrics JSON and confusion PNGs go (default: the checkpoint directory)")
@@ -339,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime_args(ev)
 
     pd_ = sub.add_parser("predict", help="label and spam probability per message")
+    pd_.set_defaults(func=predict)
     pd_.add_argument("texts", nargs="*", help="messages to classify")
     pd_.add_argument("--file", default=None,
                      help="a .csv or .tsv with a text/message/sms/... column (or one column), a `ham<TAB>message` file "
@@ -356,22 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command(args, _dispatch, (SpamDataError, CheckpointError, DownloadError, TokenizerError, ValueError))
-
-
-def _dispatch(args: argparse.Namespace) -> int | None:
-    if args.cmd == "prepare":
-        prepare(args.sms_data, args.data_dir)
-    elif args.cmd == "train":
-        train(args)
-    elif args.cmd == "eval":
-        run_eval(args)
-    elif args.cmd == "calibrate":
-        run_calibrate(args)
-    else:
-        return predict(args)
-    return 0
+    return cli_main(build_parser(), argv, (SpamDataError, CheckpointError, DownloadError, TokenizerError, ValueError))
 
 
 if __name__ == "__main__":

@@ -44,27 +44,39 @@ class InstructionDataError(ValueError):
 
 def fetch_data(path: str | os.PathLike | None = None, *, alpaca: bool = False, data_dir: str | os.PathLike = "data/instruction") -> Path:
     """The data file: `path`, else $LLM_INSTRUCTION_DATA ($LLM_ALPACA_DATA with alpaca=True), else download it."""
+    env, url = (ALPACA_ENV, ALPACA_URL) if alpaca else (DATA_ENV, DATA_URL)
+    return local_or_download(path, env, url, data_dir, "instruction data")
+
+
+def local_or_download(path: str | os.PathLike | None, env: str, url: str, data_dir: str | os.PathLike, what: str,
+                      sha256: str | None = None) -> Path:
+    """`path`, else $env, else `url` downloaded into data_dir (checked against sha256 when given)."""
     from llm.download import download
 
-    env, url = (ALPACA_ENV, ALPACA_URL) if alpaca else (DATA_ENV, DATA_URL)
     chosen = path or os.environ.get(env)
     if chosen:
         src = Path(chosen).expanduser()
         if not src.is_file():
-            raise InstructionDataError(f"instruction data file {src} does not exist (from --data or ${env}).")
+            raise InstructionDataError(f"{what} file {src} does not exist (from --data or ${env}).")
         return src
-    dest = Path(data_dir) / url.rsplit("/", 1)[1]
-    return download(url, dest, offline_hint=f"pass a local copy with --data PATH or ${env}=PATH.")
+    return download(url, Path(data_dir) / url.rsplit("/", 1)[1], sha256=sha256,
+                    offline_hint=f"pass a local copy with --data PATH or ${env}=PATH.")
+
+
+def read_json_list(path: str | os.PathLike, what: str) -> list:
+    """The JSON list in `path`, or InstructionDataError saying what is wrong (`what`: the objects it should hold)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InstructionDataError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, list):
+        raise InstructionDataError(f"{path} must hold a JSON list of {what} objects")
+    return data
 
 
 def read_entries(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
     """Valid entries (instruction/input/output strings, instruction and output non-empty) and one problem line per bad entry."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InstructionDataError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(data, list):
-        raise InstructionDataError(f"{path} must hold a JSON list of {{instruction, input, output}} objects")
+    data = read_json_list(path, "{instruction, input, output}")
     good, problems = [], []
     for i, e in enumerate(data):
         if not isinstance(e, dict):
@@ -100,9 +112,17 @@ class Example:
     prompt_len: int
 
 
-def encode_example(tokenizer, entry: dict) -> Example:
-    prompt = tokenizer.encode(format_prompt(entry["instruction"], entry.get("input", "")))
+def encode_example(tokenizer, entry: dict, history: Sequence[dict] = ()) -> Example:
+    """Prompt + response; with `history` (earlier entries), their turns come first, as the app sends a follow-up
+    (`turn_ids`), and count as prompt: the loss is on the last response only."""
+    prompt = [t for past in history for t in turn_ids(tokenizer, past["instruction"], past["output"])]
+    prompt += tokenizer.encode(format_prompt(entry["instruction"], entry.get("input", "")))
     return Example(prompt + tokenizer.encode(entry["output"]), len(prompt))
+
+
+def turn_ids(tokenizer, instruction: str, response: str) -> list[int]:
+    """One earlier exchange as it precedes a follow-up question: its prompt, its response, <|endoftext|>."""
+    return tokenizer.encode(format_prompt(instruction) + response) + [tokenizer.eot_id]
 
 
 def collate(examples: Sequence[Example], eot_id: int, mask_prompt: bool = False,
@@ -197,6 +217,13 @@ class InstructionModel:
         check_template(config, path)
         return cls(model, get_tokenizer(bpe_dir), config)
 
+    @property
+    def follows_conversations(self) -> bool:
+        """Whether this checkpoint was trained with earlier exchanges before the instruction (`finetune.instruct
+        train --history-fraction`). One trained on single exchanges answers a follow-up with its last answer
+        again, so the app gives it no history."""
+        return bool((self.config.get("metadata") or {}).get("conversations"))
+
     def prompt_ids(self, instruction: str, input: str = "", history: Sequence[tuple[str, str]] | None = None,
                    max_new_tokens: int = 256) -> list[int]:
         """The current prompt after as many recent (instruction, response) turns as fit the context."""
@@ -204,7 +231,7 @@ class InstructionModel:
         ids = tok.encode(format_prompt(instruction, input))
         budget = self.model.config.n_positions - min(max_new_tokens, self.model.config.n_positions - 1)
         for past_instruction, past_response in reversed(list(history or [])):  # newest first; oldest dropped first
-            turn = tok.encode(format_prompt(past_instruction) + past_response) + [tok.eot_id]
+            turn = turn_ids(tok, past_instruction, past_response)
             if len(turn) + len(ids) > budget:
                 break
             ids = turn + ids
@@ -222,14 +249,16 @@ class InstructionModel:
         return "".join(self.stream(instruction, input, settings, history, should_stop)).strip()
 
     def respond_batch(self, entries: Sequence[dict], settings: GenerationSettings | None = None,
-                      batch_size: int = 16, progress: bool = False) -> list[str]:
-        """Responses for many {instruction, input} entries, generated in length-sorted batches."""
+                      batch_size: int = 16, progress: bool = False,
+                      histories: Sequence[Sequence[tuple[str, str]]] | None = None) -> list[str]:
+        """Responses for many {instruction, input} entries (each after its history, if given), in length-sorted batches."""
         from tqdm import tqdm
 
         from llm.generate import generate_batch
 
         s = with_template_stops(settings)
-        prompts = [self.tokenizer.encode(format_prompt(e["instruction"], e.get("input", ""))) for e in entries]
+        prompts = [self.prompt_ids(e["instruction"], e.get("input", ""), histories[i] if histories else None, s.max_new_tokens)
+                   for i, e in enumerate(entries)]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out = [""] * len(prompts)
         for i in tqdm(range(0, len(order), batch_size), desc="generate", unit="batch", disable=not progress):

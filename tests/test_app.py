@@ -144,13 +144,19 @@ async def test_assistant_uses_chat_settings(models, monkeypatch):
     assert (s.temperature, s.top_k, s.top_p, s.max_new_tokens) == (0.8, 20, 0.9, 32)
 
 
+async def a_long_answer_streaming(em) -> asyncio.Task:
+    """An Assistant answer of up to 200 tokens, started and streaming (its first token is out)."""
+    await app.on_settings_update({**chat.DEFAULT_SETTINGS, "max_new_tokens": 200})
+    task = asyncio.create_task(user_says("go on for a long time"))
+    while not em.send_token.await_count and not task.done():
+        await asyncio.sleep(0.001)
+    assert not task.done(), task.exception()
+    return task
+
+
 async def test_stop_button_stops_generation(models):
     with chainlit_context("Assistant") as em:
-        await app.on_settings_update({**chat.DEFAULT_SETTINGS, "max_new_tokens": 200})
-        task = asyncio.create_task(user_says("go on for a long time"))
-        while not em.send_token.await_count and not task.done():
-            await asyncio.sleep(0.001)
-        assert not task.done(), task.exception()
+        task = await a_long_answer_streaming(em)
         await app.on_stop()  # what Chainlit calls when the user presses Stop
         await asyncio.wait_for(task, 5)
         stream = app.cl.user_session.get("stream")
@@ -161,10 +167,7 @@ async def test_stop_button_stops_generation(models):
 async def test_stop_as_chainlit_does_it_leaves_a_finished_marked_answer_and_no_lone_notice(models):
     """Chainlit posts "Task manually stopped.", calls on_stop and cancels the handler's task."""
     with chainlit_context("Assistant") as em:
-        await app.on_settings_update({**chat.DEFAULT_SETTINGS, "max_new_tokens": 200})
-        task = asyncio.create_task(user_says("go on for a long time"))
-        while not em.send_token.await_count and not task.done():
-            await asyncio.sleep(0.001)
+        task = await a_long_answer_streaming(em)
         await cl.Message(content=chat.CHAINLIT_STOP_TEXT).send()  # chainlit/socket.py's stop(), first line
         await app.on_stop()
         task.cancel()

@@ -188,8 +188,16 @@ def test_registry_loads_once_and_retries_failures():
     assert calls["n"] == 2 and registry.status()["m"]["ready"]
 
 
-def test_answers_stream_and_the_previous_exchange_is_carried(make_runtime):
-    runtime, conv = make_runtime(), chat.Conversation()
+@pytest.mark.parametrize("conversations", [True, False], ids=["trained-on-conversations", "single-exchanges"])
+def test_answers_stream_and_the_previous_exchange_is_carried_if_the_model_was_trained_for_it(make_runtime, tokenizer,
+                                                                                            conversations):
+    from conftest import tiny_instruction_model
+
+    def assistant():
+        lm = tiny_instruction_model(tokenizer)
+        lm.config = {"metadata": {"conversations": {"fraction": 0.5, "max_turns": 2}}} if conversations else {}
+        return lm
+    runtime, conv = make_runtime(instruct=assistant), chat.Conversation()
     settings = chat.generation_settings({"max_new_tokens": 8})
 
     async def ask(text):
@@ -202,7 +210,10 @@ def test_answers_stream_and_the_previous_exchange_is_carried(make_runtime):
     assert len(pieces) >= 2 and first.result.text == "".join(pieces)  # streamed piece by piece
     assert conv.history() == [("hi", "".join(pieces))]
     second, _ = run(ask("hi"))
-    assert second.prompt_tokens > first.prompt_tokens  # the same question, now after the previous exchange
+    if conversations:
+        assert second.prompt_tokens > first.prompt_tokens  # the same question, now after the previous exchange
+    else:  # a model trained on single exchanges would repeat its last answer: it gets none
+        assert second.prompt_tokens == first.prompt_tokens
     with pytest.raises(InputError):
         run(ask(""))
 

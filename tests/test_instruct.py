@@ -89,7 +89,7 @@ def test_checkpoint_records_the_template_used_in_training_and_inference(trained,
     im = InstructionModel.load(out, device="cpu")
     entry = ENTRIES[3]
     assert im.prompt_ids(entry["instruction"], entry["input"]) == encode_example(tokenizer, entry).ids[:encode_example(tokenizer, entry).prompt_len]
-    assert (out / "loss.png").stat().st_size > 0 and json.loads((out / "history.json").read_text())["val"]
+    assert (out / "loss.png").stat().st_size > 0 and json.loads((out / "history.json").read_text())["val_loss"]
 
 
 def test_load_refuses_a_different_template(trained, tmp_path):
@@ -131,7 +131,7 @@ def test_bf16_autocast_and_length_grouped_batches_train(tiny_checkpoint, data_fi
     cfg = read_config(out)
     assert cfg["metadata"]["train_config"]["dtype"] == "bf16" and cfg["metadata"]["steps"] == 9
     history = json.loads((out / "history.json").read_text())
-    assert min(history["val"][1:]) < history["val"][0], history["val"]
+    assert min(history["val_loss"][1:]) < history["val_loss"][0], history["val_loss"]
     assert all(t.dtype == torch.float32 for t in InstructionModel.load(out, device="cpu").model.state_dict().values())
 
 
@@ -198,4 +198,28 @@ def test_short_finetune_on_real_data_lowers_validation_loss(base_model_dir, toke
     assert main(["train", "--base", str(base_model_dir), "--out", str(out), "--limit", "24", "--val-limit", "8",
                  "--epochs", "1", "--batch-size", "8", "--lr", "1e-4", "--eval-every", "1", "--device", "cpu"]) == 0
     history = json.loads((out / "history.json").read_text())
-    assert history["val"][-1] < history["val"][0] - 0.2, history["val"]
+    assert history["val_loss"][-1] < history["val_loss"][0] - 0.2, history["val_loss"]
+
+
+def test_conversation_examples_put_earlier_exchanges_first_and_train_on_the_last_response_only(tokenizer):
+    import random as _random
+
+    from finetune.instruct import conversation_examples
+    from llm.instruct import encode_example, turn_ids
+    items = [{"instruction": f"Question {i}?", "input": "", "output": f"Answer {i}."} for i in range(6)]
+    plain = conversation_examples(tokenizer, items, 0.0, 2, 256, _random.Random(1))
+    assert plain == [encode_example(tokenizer, e) for e in items]  # fraction 0: the single-exchange recipe
+    mixed = conversation_examples(tokenizer, items, 1.0, 2, 256, _random.Random(1))
+    for e, ex in zip(items, mixed):
+        answer = tokenizer.encode(e["output"])
+        assert ex.ids[-len(answer):] == answer and ex.ids[ex.prompt_len:] == answer  # only the last response counts
+        assert ex.prompt_len > len(tokenizer.encode(llm_prompt(e)))  # earlier turns came first
+    first_turn = turn_ids(tokenizer, "Question 3?", "Answer 3.")
+    assert any(ex.ids[:len(first_turn)] == first_turn for ex in mixed)  # the app's follow-up layout (InstructionModel.prompt_ids)
+    short = conversation_examples(tokenizer, items, 1.0, 2, 40, _random.Random(1))
+    assert all(len(ex.ids) <= 40 or ex.prompt_len == len(tokenizer.encode(llm_prompt(e))) for e, ex in zip(items, short))
+
+
+def llm_prompt(e):
+    from llm.prompt import format_prompt
+    return format_prompt(e["instruction"], e["input"])

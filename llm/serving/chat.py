@@ -270,7 +270,8 @@ async def open_answer(runtime, text: str, settings: GenerationSettings, conversa
     A long message makes room by asking for fewer new tokens (clamp), never by cutting the question.
     Raises InputError (bad text), ContextOverflow (the message alone fills the context), ModelUnavailable,
     or EngineBusy (the queue is full)."""
-    return await runtime.answer(check_instruction(text), conversation.history(), settings=settings, clamp=True)
+    return await runtime.answer(check_instruction(text), conversation.history(), settings=settings, clamp=True,
+                                history_if_trained=True)
 
 
 CHAINLIT_STOP_TEXT = "Task manually stopped."  # what Chainlit 2.12 posts on Stop (chainlit/socket.py)

@@ -89,16 +89,20 @@ class Runtime:
         return await self.engine.classify(_Explainer(classifier), list(texts))
 
     async def answer(self, instruction: str, history: Sequence[tuple[str, str]] = (), input: str = "",
-                     settings: GenerationSettings | None = None, clamp: bool = False) -> Stream:
+                     settings: GenerationSettings | None = None, clamp: bool = False,
+                     history_if_trained: bool = False) -> Stream:
         """Queue the assistant's answer to `instruction` (after `history`); iterate the Stream for its text.
 
         The oldest history is dropped first to make room. If the prompt and max_new_tokens still do not fit
         the context, `clamp` lowers max_new_tokens to what fits (the app); otherwise ContextOverflow is raised
-        (the API, as OpenAI's does). The question itself is never cut. Raises ModelUnavailable, or EngineBusy
-        when the queue is full."""
+        (the API, as OpenAI's does). The question itself is never cut. `history_if_trained` (the app) drops the
+        history for a checkpoint not trained on conversations (InstructionModel.follows_conversations). Raises
+        ModelUnavailable, or EngineBusy when the queue is full."""
         from llm.instruct import with_template_stops
 
         lm = await self.registry.get(INSTRUCT_MODEL_ID)
+        if history_if_trained and not getattr(lm, "follows_conversations", False):
+            history = ()
         s = with_template_stops(settings)
         ids = lm.prompt_ids(instruction, input, list(history), s.max_new_tokens)
         context = lm.model.config.n_positions
