@@ -36,7 +36,8 @@ from finetune.robustness import EMOJI_AFTER, EMOJI_BEFORE, LEET, UK_NUMBER_RE, U
 from finetune.sms_templates import HAM_TEMPLATES, SLOTS, SPAM_TEMPLATES
 
 TEMPLATES = {"spam": SPAM_TEMPLATES, "ham": HAM_TEMPLATES}
-NOISE_PROBABILITY = 0.2  # a message gets one random noise from NOISES with this probability
+NOISE_PROBABILITY = 0.2  # a synthetic message gets one random noise from NOISES with this probability
+TRAIN_NOISE_PROBABILITY = 0.3  # `finetune.spam train --noise`: each training message, each epoch
 _SLOT = re.compile(r"\{(\w+)\}")
 _CHOICE = re.compile(r"\[([^\[\]]*)\]")
 

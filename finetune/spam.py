@@ -36,7 +36,7 @@ from finetune.calibration import calibrate_checkpoint
 from finetune.cli import DefaultsHelp, add_dtype_arg, cli_main
 from finetune.loop import LoopSettings, fit, start, write_history
 from finetune.optim import adamw, autocast_dtype, length_grouped_batches, warmup_cosine_schedule
-from finetune.sms_synth import NOISE_PROBABILITY, noisy
+from finetune.sms_synth import TRAIN_NOISE_PROBABILITY, noisy
 from finetune.spam_data import DATA_DIR, prepare, read_labelled, synthetic_rows, validation_rows
 from finetune.spam_eval import CHALLENGE_FILE, clf_path_default, run_eval
 from finetune.spam_predict import predict
@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--last-blocks", type=int, default=2, help="N for --train last")
     tr.add_argument("--lora-rank", type=int, default=8, help="adapter rank for --train lora")
     tr.add_argument("--lora-alpha", type=float, default=16.0, help="adapter scale (alpha / rank) numerator for --train lora")
-    tr.add_argument("--epochs", type=int, default=2, help="passes over the training messages")
+    tr.add_argument("--epochs", type=int, default=3, help="passes over the training messages")
     tr.add_argument("--batch-size", type=int, default=8, help="messages per optimizer step")
     tr.add_argument("--lr", type=float, default=5e-5, help="peak AdamW learning rate")
     tr.add_argument("--warmup", type=float, default=0.05, help="linear warmup, as a fraction of all steps")
@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--extra-train", action="append", default=None, metavar="CSV",
                     help="more labelled messages (columns label,text; repeatable), e.g. the spam corrections "
                          "users made in the app: python -m finetune.feedback export")
-    tr.add_argument("--noise", type=float, default=NOISE_PROBABILITY, metavar="P",
+    tr.add_argument("--noise", type=float, default=TRAIN_NOISE_PROBABILITY, metavar="P",
                     help="each epoch, restyle each training message with probability P (upper/lower case, leetspeak, "
                          "ragged whitespace, modern links and numbers; finetune/sms_synth.py NOISES)")
     add_dtype_arg(tr)

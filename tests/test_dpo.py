@@ -78,9 +78,23 @@ def test_a_lora_dpo_run_saves_merged_weights(tmp_path, sft_checkpoint, tokenizer
 
 def test_bad_records_are_skipped_and_a_file_that_is_not_json_is_one_clear_error(tmp_path, tiny_checkpoint, capsys):
     data = tmp_path / "prefs.json"
-    data.write_text(json.dumps(_records(10) + [{"instruction": "x", "chosen": "same", "rejected": "same"}, 7]))
+    data.write_text(json.dumps(_records(10) + [{"instruction": "x", "chosen": "", "rejected": "no"}, 7]))
     assert len(dpo.read_preferences(data)) == 10 and "skipped 2 record" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     code = dpo.main(["train", "--base", str(tiny_checkpoint), "--data", str(bad), "--device", "cpu"])
     assert code == 2 and "not valid JSON" in capsys.readouterr().err
+
+
+def test_the_nll_weight_adds_the_chosen_answers_token_nll(tiny_model):
+    pairs = [dpo.Pair([1, 2, 3, 4], [1, 2, 5, 6], 2), dpo.Pair([1, 7, 8], [1, 7, 9], 2)]
+    reference = GPT(TINY).eval()
+    plain = dpo.DPOTrainer(reference, pairs, pairs, beta=0.1, batch_size=2, grad_accum=1, eot_id=0, max_length=16,
+                           device="cpu", rng=None)
+    mixed = dpo.DPOTrainer(reference, pairs, pairs, beta=0.1, batch_size=2, grad_accum=1, eot_id=0, max_length=16,
+                           device="cpu", rng=None, nll_weight=0.5)
+    with torch.no_grad():
+        (lp, _, _), (lm, _, _) = plain._terms(tiny_model, pairs), mixed._terms(tiny_model, pairs)
+        (xc, yc), _ = dpo.collate_pairs(pairs, 0, 16)
+        nll = -dpo.sequence_logprobs(tiny_model, xc, yc)
+    assert torch.allclose(lm, lp + 0.5 * nll, atol=1e-6)

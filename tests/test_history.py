@@ -231,3 +231,29 @@ def test_export_of_a_missing_database_is_one_clear_error(tmp_path, capsys):
     from finetune import feedback
     code = feedback.main(["export", "--database", f"sqlite+aiosqlite:///{tmp_path}/none.db", "--out-dir", str(tmp_path / "o")])
     assert code == 2 and "cannot read the history database" in capsys.readouterr().err
+
+
+def test_a_failed_write_tells_the_user_once_with_a_toast_and_the_chat_goes_on(tmp_path, monkeypatch):
+    """The notice the user sees: a toast to the session whose write failed, at most one per NOTICE_EVERY_S."""
+    from unittest.mock import AsyncMock, Mock
+
+    from chainlit.context import ChainlitContext, context_var
+    from chainlit.emitter import BaseChainlitEmitter
+    from chainlit.session import WebsocketSession
+
+    run(history.migrate(f"sqlite+aiosqlite:///{tmp_path}/chat.db"))
+    store = history.HistoryStore(f"sqlite+aiosqlite:///file:{tmp_path}/chat.db?mode=ro&uri=true")  # read-only
+    session = Mock(spec=WebsocketSession)
+    session.id = "s1"
+    emitter = AsyncMock(spec=BaseChainlitEmitter)
+
+    async def burst():  # a message and its reply: several writes fail in a row
+        token = context_var.set(ChainlitContext(session, emitter=emitter))
+        try:
+            return [await store.execute_sql("INSERT INTO steps (id) VALUES (:id)", {"id": "x"}) for _ in range(3)]
+        finally:
+            context_var.reset(token)
+            await store.engine.dispose()
+    assert run(burst()) == [None, None, None]  # nothing raised
+    assert store.failures == 3
+    emitter.send_toast.assert_awaited_once_with(history.NOT_SAVED, "warning")
