@@ -269,16 +269,16 @@ def preference_scores(records: list[dict], answers: list[str]) -> dict:
 
 
 def cmd_eval(args) -> int:
-    records = split_entries(read_preferences(fetch_preferences(args.data)))["test"][:args.limit or None]
+    records = split_entries(read_preferences(fetch_preferences(args.data)))[args.split][:args.limit or None]
     t0 = time.time()
     answers = {name: responses(ckpt, records, args) for name, ckpt in (("sft", args.sft), ("dpo", args.dpo))}
     table = {name: preference_scores(records, a) for name, a in answers.items()}
     examples = [{"instruction": r["instruction"], "input": r["input"], "chosen": r["chosen"], "rejected": r["rejected"],
                  "sft": answers["sft"][i], "dpo": answers["dpo"][i]}
                 for i, r in enumerate(records) if answers["sft"][i].strip() != answers["dpo"][i].strip()][:args.examples]
-    result = {"test_items": len(records), "sft": args.sft, "dpo": args.dpo, "scores": table, "examples": examples,
+    result = {"split": args.split, "items": len(records), "sft": args.sft, "dpo": args.dpo, "scores": table, "examples": examples,
               "seconds": round(time.time() - t0, 1)}
-    out = Path(args.out or Path(args.dpo) / "preference_eval.json")
+    out = Path(args.out or Path(args.dpo) / f"preference_eval{'' if args.split == 'test' else '_' + args.split}.json")
     out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     print(f"{'model':5s} {'ROUGE-L to chosen':>18s} {'to rejected':>12s} {'margin':>8s} {'closer to chosen':>17s} {'to reference':>13s}")
     for name, s in table.items():
@@ -334,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sft", default="checkpoints/instruct", help="the starting checkpoint (default: %(default)s)")
     e.add_argument("--dpo", default="checkpoints/instruct-dpo", help="the preference-tuned one (default: %(default)s)")
     e.add_argument("--data", default=None, help=f"preference records JSON (default: ${DATA_ENV}, else the book's file)")
-    e.add_argument("--limit", type=int, default=None, help="only the first N test items")
+    e.add_argument("--split", default="test", choices=("test", "val"),
+                   help="the 110 test items (report) or the 55 validation items (to choose settings; default: %(default)s)")
+    e.add_argument("--limit", type=int, default=None, help="only the first N items")
     e.add_argument("--examples", type=int, default=5, help="before/after examples kept in the JSON (default: %(default)s)")
     e.add_argument("--out", default=None, help="results JSON (default: DPO/preference_eval.json)")
     e.add_argument("--batch-size", type=int, default=16)

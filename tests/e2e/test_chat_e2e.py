@@ -99,9 +99,10 @@ def wait_ready(url: str) -> None:
         time.sleep(0.1)
 
 
-RECORD_RENDERS = """() => { window.__renders = [];
+RECORD_RENDERS = """() => { window.__renders = []; window.__times = [];
     new MutationObserver(() => { const m = [...document.querySelectorAll('%s')].pop();
-        if (m) { const t = m.innerText.trim(); if (t && window.__renders.at(-1) !== t) window.__renders.push(t); } })
+        if (m) { const t = m.innerText.trim();
+                 if (t && window.__renders.at(-1) !== t) { window.__renders.push(t); window.__times.push(Date.now()); } } })
       .observe(document.body, {subtree: true, childList: true, characterData: true}); }""" % ASSISTANT_MSG
 
 
@@ -189,14 +190,15 @@ def test_four_assistant_sessions_stream_at_once(chromium_browser, chainlit_url, 
             page.locator("#chat-input").fill(f"Tell me a long story about dragon number {i}.")
         for page in pages:
             page.locator("#chat-input").press("Enter")
-        overlap = 0
-        for page in pages:  # while the first answers still stream, the others are streaming too
-            overlap += page.locator("#stop-button").count()
+        windows = []  # (first render, last render) of each answer, in the browser's wall-clock ms
         for page in pages:
             expect(page.locator("#stop-button")).to_have_count(0, timeout=60_000)
-            renders = page.evaluate("window.__renders")
+            renders, times = page.evaluate("window.__renders"), page.evaluate("window.__times")
             assert len(renders) >= 3, renders
-        assert overlap >= 2, "the four answers did not run at the same time"
+            windows.append((times[0], times[-1]))
+        # while one answer was still growing, the others were growing too (the engine batched them)
+        overlapping = sum(any(a < d and c < b for j, (c, d) in enumerate(windows) if j != i) for i, (a, b) in enumerate(windows))
+        assert overlapping >= 2, f"the four answers did not run at the same time: {windows}"
         pages[-1].screenshot(path=tmp_path / "four_sessions.png")
     finally:
         for c in contexts:
@@ -214,17 +216,24 @@ def test_a_2000_row_upload_shows_progress(chat_page, tmp_path):
     upload.write_text("\n".join(rows) + "\n")
     page = chat_page
     page.goto("/")
+    select_profile(page, "Spam check", confirm=False)  # a new page opens in the user's last mode
     send(page, "see you at 7")  # the session is up once its verdict is back
     expect(page.locator(ASSISTANT_MSG).last).to_contain_text("spam probability")
     page.evaluate(RECORD_RENDERS)
-    page.locator("#upload-button-input").set_input_files(str(upload))
-    expect(page.locator("#message-composer")).to_contain_text("inbox.csv")  # the attachment chip
+    for attempt in range(3):  # after a profile switch the composer can re-render once and drop the first pick
+        page.locator("#upload-button-input").set_input_files(str(upload))
+        try:
+            expect(page.locator("#message-composer")).to_contain_text("inbox.csv", timeout=5_000)  # the attachment chip
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise
     expect(page.locator("#chat-submit")).to_be_enabled()
     page.locator("#chat-submit").click()
     expect(page.locator(ASSISTANT_MSG).last).to_contain_text("classified", timeout=60_000)
     page.screenshot(path=shots / "upload_progress.png")  # mid-way with a real model; done already with a tiny one
     expect(page.locator(ASSISTANT_MSG).last).to_contain_text("2,000 messages classified", timeout=120_000)
-    expect(page.get_by_text("inbox-labelled.csv")).to_be_visible()
+    expect(page.get_by_role("link", name="inbox-labelled.csv")).to_be_visible()
     renders = page.evaluate("window.__renders")
     progress = [r for r in renders if re.search(r"[\d,]+ / 2,000 messages classified", r)]
     assert len(progress) >= 2, renders  # the count moved while it ran
