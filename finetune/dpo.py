@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", default=None, help=f"preference records JSON (default: ${DATA_ENV}, else the book's file, downloaded)")
     t.add_argument("--out", default="checkpoints/instruct-dpo", help="where the preference-tuned checkpoint goes")
     t.add_argument("--beta", type=float, default=0.1, help="how far the policy may move from the reference (the book's 0.1)")
-    t.add_argument("--nll-weight", type=float, default=0.0,
+    t.add_argument("--nll-weight", type=float, default=0.2,
                    help="add this times the chosen response's token NLL to the loss (DPO + SFT on the chosen answers, "
                         "as in RPO, Pang et al. 2024): keeps answers fluent while preferences move; 0 = plain DPO")
     t.add_argument("--epochs", type=int, default=1)
