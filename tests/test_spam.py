@@ -181,7 +181,7 @@ def test_train_cli_saves_the_weight_average_as_a_loadable_classifier(what, tiny_
         "--epochs", "1", "--batch-size", "8", "--eval-every", "2", "--average", "0.9", "--out", str(tmp_path / "ck")])
     metrics = cli.train(args)
     assert metrics["steps"] == 4 and metrics["config"]["average"] == 0.9
-    assert metrics["history"]["step"] == [2, 4] and (tmp_path / "ck/accuracy.png").is_file()
+    assert metrics["history"]["val_step"] == [2, 4] and (tmp_path / "ck/accuracy.png").is_file()
     clf = SpamClassifier.load(tmp_path / "ck", device="cpu")
     (label, p_spam), = clf.classify(["WINNER! claim prize 3 now"])
     assert label in LABELS and 0.0 <= p_spam <= 1.0
