@@ -257,7 +257,7 @@ def responses(checkpoint: str, records: list[dict], args) -> list[str]:
 
 
 def preference_scores(records: list[dict], answers: list[str]) -> dict:
-    from finetune.instruct import rouge_l_f1
+    from finetune.instruct_eval import rouge_l_f1
     n = len(records)
     to_chosen = [rouge_l_f1(a, r["chosen"]) for a, r in zip(answers, records)]
     to_rejected = [rouge_l_f1(a, r["rejected"]) for a, r in zip(answers, records)]

@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-from finetune.instruct import exact_match, main, rouge_l_f1, rouge_tokens
+from finetune.instruct import main
+from finetune.instruct_eval import exact_match, rouge_l_f1, rouge_tokens
 from llm.checkpoint import CheckpointError, read_config, save_checkpoint
 from llm.generate import GenerationSettings
 from llm.instruct import (IGNORE_INDEX, Example, InstructionModel, collate, encode_example, read_entries,
