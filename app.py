@@ -124,6 +124,8 @@ async def _send_settings(initial: dict) -> None:
 @cl.on_chat_resume
 async def on_chat_resume(thread: dict):
     """A thread opened from the sidebar: its mode, its Assistant settings and its conversation come back."""
+    # Chainlit's own "Task manually stopped." can be saved after the app removed it (its writes race): not replayed.
+    thread["steps"] = [st for st in thread.get("steps") or [] if not chat.is_chainlit_stop_notice(st)]
     mode = chat.resumed_mode(thread)
     cl.context.session.chat_profile = mode
     _remember_mode(mode)
@@ -221,6 +223,7 @@ async def _assistant(message: cl.Message):
             await reply.stream_token(piece)
     except asyncio.CancelledError:  # Stop: the partial answer stays, finished (no "still writing" dot) and marked
         reply.content = chat.stopped_answer(reply.content)
+        reply.metadata = {**reply.metadata, "stopped": True}  # not history for the model, not training data
         await (reply.update() if reply.streaming else reply.send())
         raise
     finally:  # also on Stop, an engine error or a closed socket: free the slot, take the notice down
@@ -230,6 +233,7 @@ async def _assistant(message: cl.Message):
     conversation.add(message.content.strip(), reply.content)
     if not reply.content.strip():
         reply.content = "_(no answer: the model stopped before writing anything)_"
+        reply.metadata = {**reply.metadata, "stopped": True}
     await reply.send()
 
 
@@ -237,16 +241,18 @@ async def _assistant(message: cl.Message):
 # Chainlit's PUT/DELETE /feedback trust the client's message and feedback ids; these run first and check that the
 # message (and the feedback being changed) sits in a thread of the logged-in user.
 async def owned_feedback_update(request: Request, update: UpdateFeedbackRequest, current_user: UserParam):
+    fid = update.feedback.id  # the web client sends an id only for feedback the server gave it: it must be the user's
+    if not history.is_uuid(update.feedback.forId) or (fid and not history.is_uuid(fid)):
+        raise HTTPException(status_code=404, detail="There is no such message in your history.")
     thread_id = await store.thread_of_step(update.feedback.forId, current_user.identifier)
-    fid = update.feedback.id
-    if thread_id is None or (fid and await store.feedback_exists(fid) and not await store.owns_feedback(fid, current_user.identifier)):
+    if thread_id is None or (fid and not await store.owns_feedback(fid, current_user.identifier)):
         raise HTTPException(status_code=404, detail="There is no such message in your history.")
     update.feedback.threadId = thread_id  # never the client's word for it
     return await chainlit_server.update_feedback(request, update, current_user)
 
 
 async def owned_feedback_delete(request: Request, payload: DeleteFeedbackRequest, current_user: UserParam):
-    if not await store.owns_feedback(payload.feedbackId, current_user.identifier):
+    if not history.is_uuid(payload.feedbackId) or not await store.owns_feedback(payload.feedbackId, current_user.identifier):
         raise HTTPException(status_code=404, detail="There is no such feedback in your history.")
     return await chainlit_server.delete_feedback(request, payload, current_user)
 
@@ -266,5 +272,6 @@ if not any(getattr(r, "path", None) == "/ready" for r in fastapi_app.router.rout
     fastapi_app.router.routes.insert(0, Route("/ready", ready, methods=["GET"]))
     if store is not None:
         for endpoint, method in ((owned_feedback_update, "PUT"), (owned_feedback_delete, "DELETE")):
-            fastapi_app.router.add_api_route("/feedback", endpoint, methods=[method])
+            # under `--root-path /chat` Chainlit serves /chat/feedback: ours must shadow that path
+            fastapi_app.router.add_api_route(chainlit_server.router.prefix + "/feedback", endpoint, methods=[method])
             fastapi_app.router.routes.insert(0, fastapi_app.router.routes.pop())

@@ -228,6 +228,7 @@ def train(args) -> dict:
     out = Path(args.out)
     train_config = {k: v for k, v in vars(args).items() if k != "func"}
     metadata = {"prompt_template": template_metadata(), "base": base,
+                "conversations": read_config(Path(base), CREATE_HINT).get("metadata", {}).get("conversations"),
                 "preference_tuned": {"method": "dpo", "from": base, "beta": args.beta, "nll_weight": args.nll_weight,
                                      "data": str(src),
                                      "train_pairs": len(train_pairs), "val_pairs": len(val_pairs)},

@@ -12,9 +12,10 @@ Reads the app's history database ($LLM_DATABASE_URL, default sqlite+aiosqlite://
                          wrong: those are counted and skipped.)
   preferences.json       the book's preference format, [{"instruction", "input", "output", "chosen",
                          "rejected"}], one record per Assistant answer marked 👎 that has a better answer:
-                         the 👎 comment when the user wrote the answer they wanted, else a 👍 answer to the
+                         the 👎 comment when it starts with "Better:" (the answer the user wanted), else a 👍 answer to the
                          same instruction, else a later answer to it in the same chat that was not marked 👎
-                         (the user asked again). `rejected` is the 👎 answer. Preference tuning reads it.
+                         (the user asked again). `rejected` is the 👎 answer. Answers cut by Stop are never
+                         used. Preference tuning reads it.
 
 The loop: users rate -> export -> train (spam: --extra-train; assistant: preference tuning) -> serve the new
 checkpoint with LLM_SPAM_CHECKPOINT / LLM_INSTRUCT_CHECKPOINT.
@@ -86,9 +87,19 @@ def _key(instruction: str) -> str:
     return " ".join(instruction.lower().split())
 
 
+BETTER = "better:"  # a 👎 comment that starts with this gives the answer the user wanted ("Better: Paris.")
+
+
+def better_answer(comment: str | None) -> str | None:
+    """The corrected answer in a 👎 comment ("Better: ..."); a plain remark ("too long") is not an answer."""
+    text = (comment or "").strip()
+    return text[len(BETTER):].strip() or None if text.lower().startswith(BETTER) else None
+
+
 def preferences(replies: Sequence[dict]) -> tuple[list[dict], int]:
     """(preference records; 👎 answers left out for want of a better answer)."""
-    answers = [r for r in replies if r["metadata"]["kind"] == "answer" and (r["output"] or "").strip()]
+    answers = [r for r in replies if r["metadata"]["kind"] == "answer" and (r["output"] or "").strip()
+               and not r["metadata"].get("stopped")]  # an answer cut by Stop is neither chosen nor rejected
     liked: dict[str, str] = {}
     for r in answers:
         if r["value"] == 1:
@@ -101,7 +112,7 @@ def preferences(replies: Sequence[dict]) -> tuple[list[dict], int]:
         key = _key(instruction)
         later = [a["output"] for a in answers[i + 1:] if a["thread"] == r["thread"] and a["value"] != 0
                  and _key(a["metadata"].get("instruction", "")) == key and a["output"] != r["output"]]
-        chosen = (r["comment"] or "").strip() or liked.get(key) or (later[0] if later else None)
+        chosen = better_answer(r["comment"]) or liked.get(key) or (later[0] if later else None)
         if not instruction or not chosen or chosen == r["output"]:
             unpaired += 1
             continue

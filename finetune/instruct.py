@@ -73,13 +73,17 @@ def conversation_examples(tok, items: list[dict], fraction: float, max_turns: in
     exchanges, as the app sends a follow-up; the loss is on the last response only. Earlier turns that do not fit
     max_length are dropped, oldest first. With fraction 0 no random number is drawn (the single-turn recipe)."""
     out = []
+    keys = [json.dumps(e, sort_keys=True) for e in items]  # a duplicate entry is the same exchange
+    distinct = len(set(keys))
     for i, e in enumerate(items):
         history = []
-        if fraction > 0 and len(items) > 1 and rng.random() < fraction:
-            k = min(rng.randint(1, max_turns), len(items) - 1)
-            while len(history) < k:
+        if fraction > 0 and distinct > 1 and rng.random() < fraction:
+            k = min(rng.randint(1, max_turns), distinct - 1)
+            taken = {keys[i]}
+            while len(history) < k:  # k <= the distinct others, so this ends
                 j = rng.randrange(len(items))
-                if j != i and items[j] not in history:
+                if keys[j] not in taken:
+                    taken.add(keys[j])
                     history.append(items[j])
         example = encode_example(tok, e, history)
         while history and len(example.ids) > max_length:

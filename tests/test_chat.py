@@ -3,6 +3,7 @@ spam verdicts and a tiny random instruction model: verdict formatting, pastes, f
 and cancellation), bad input, settings, history and streaming answers."""
 from __future__ import annotations
 
+import os
 import asyncio
 import csv
 import io
@@ -314,3 +315,30 @@ def test_requests_waiting_on_a_failing_load_share_one_attempt():
     results = run(many())
     assert all(isinstance(r, ModelUnavailable) for r in results)
     assert len(attempts) == 1  # not five loads of the same broken file in a row
+
+
+def test_the_login_secret_changes_when_who_may_log_in_changes(monkeypatch, tmp_path):
+    """A token signed for the local identity (or for a removed user) must not survive turning passwords on."""
+    for var in (chat.AUTH_SECRET_ENV, chat.AUTH_BASE_ENV, chat.LOGIN_USERS_ENV, chat.LOGIN_PASSWORD_ENV):
+        monkeypatch.delenv(var, raising=False)
+    path = tmp_path / "data/.chainlit_auth_secret"
+    chat.ensure_auth_secret(path)
+    local = os.environ[chat.AUTH_SECRET_ENV]
+    assert path.stat().st_mode & 0o777 == 0o600 and path.read_text().strip() not in ("", local)
+    chat.ensure_auth_secret(path)
+    assert os.environ[chat.AUTH_SECRET_ENV] == local  # a restart keeps logins
+    monkeypatch.setenv(chat.LOGIN_USERS_ENV, "ana:pw1,ben:pw2")
+    chat.ensure_auth_secret(path)
+    both = os.environ[chat.AUTH_SECRET_ENV]
+    monkeypatch.setenv(chat.LOGIN_USERS_ENV, "ana:pw1")
+    chat.ensure_auth_secret(path)
+    assert len({local, both, os.environ[chat.AUTH_SECRET_ENV]}) == 3
+
+
+def test_a_resumed_conversation_leaves_out_stopped_answers_and_chainlits_stop_notice():
+    steps = [{"type": "assistant_message", "output": "Paris.", "metadata": chat.answer_metadata("Capital?"), "createdAt": "1"},
+             {"type": "assistant_message", "output": "Once upon … _⏹️ Stopped._", "createdAt": "2",
+              "metadata": {**chat.answer_metadata("A story?"), "stopped": True}}]
+    assert chat.resumed_conversation(steps).exchanges == [("Capital?", "Paris.")]
+    assert chat.is_chainlit_stop_notice({"type": "assistant_message", "output": chat.CHAINLIT_STOP_TEXT})
+    assert not chat.is_chainlit_stop_notice({"type": "user_message", "output": chat.CHAINLIT_STOP_TEXT})

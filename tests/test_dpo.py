@@ -60,6 +60,7 @@ def test_the_reward_margin_grows_and_the_result_is_an_instruction_checkpoint(tmp
     assert history["val_reward_margin"][0] == pytest.approx(0.0, abs=1e-6)  # policy == reference at the start
     assert meta["best"]["val_reward_margin"] > 0.5 and history["val_loss"][-1] < history["val_loss"][0]
     assert meta["preference_tuned"]["method"] == "dpo" and meta["preference_tuned"]["from"] == str(sft_checkpoint)
+    assert "conversations" in meta  # carried from the base: a conversation-trained base stays one
     for png in ("loss.png", "reward_margin.png", "rewards.png"):
         assert (tmp_path / "dpo" / png).stat().st_size > 1000
     InstructionModel.load(tmp_path / "dpo", device="cpu", bpe_dir=None)  # the app's loader takes it

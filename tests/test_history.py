@@ -207,7 +207,7 @@ def test_feedback_is_exported_in_both_formats_and_read_back_by_the_trainers(db_u
                                    [("Name a primary colour.", "Green."), ("Name a primary colour.", "Red."),
                                     ("What is 2 + 2?", "5"), ("Write a haiku.", "No.")])
         fb = [(s_steps[0], s, 0, ""), (s_steps[1], s, 1, ""),   # a missed scam; a right verdict
-              (a_steps[0], a, 0, ""), (a_steps[2], a, 0, "4"),  # asked again -> "Red."; corrected in the comment
+              (a_steps[0], a, 0, "too dull"), (a_steps[2], a, 0, "Better: 4"),  # asked again -> "Red."; corrected
               (a_steps[3], a, 0, "")]                           # no better answer: left out
         for step, thread, value, comment in fb:
             await store.upsert_feedback(Feedback(forId=step, threadId=thread, value=value, comment=comment or None))
@@ -257,3 +257,32 @@ def test_a_failed_write_tells_the_user_once_with_a_toast_and_the_chat_goes_on(tm
     assert run(burst()) == [None, None, None]  # nothing raised
     assert store.failures == 3
     emitter.send_toast.assert_awaited_once_with(history.NOT_SAVED, "warning")
+
+
+def test_a_migration_that_fails_half_way_leaves_nothing_behind(sqlite_url, monkeypatch):
+    run(history.migrate(sqlite_url))
+    broken = (99, "a broken migration", ['CREATE TABLE half_done (x INT)', 'CREATE TABLE oops ('])
+    monkeypatch.setattr(history, "MIGRATIONS", history.MIGRATIONS + [broken])
+    with pytest.raises(Exception):
+        run(history.migrate(sqlite_url))
+
+    async def tables():
+        from sqlalchemy import text
+        from sqlalchemy.ext.asyncio import create_async_engine
+        engine = create_async_engine(sqlite_url)
+        async with engine.connect() as conn:
+            names = {r[0] for r in (await conn.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))).all()}
+            versions = {r[0] for r in (await conn.execute(text("SELECT version FROM schema_version"))).all()}
+        await engine.dispose()
+        return names, versions
+    names, versions = run(tables())
+    assert "half_done" not in names and 99 not in versions  # all of a version or none of it: the next start retries
+
+
+def test_stopped_answers_and_plain_remarks_never_become_preference_data():
+    from finetune import feedback
+    answer = lambda i, out, value, comment=None, **meta: {"id": str(i), "thread": "t", "output": out, "value": value,  # noqa: E731
+                                                          "comment": comment, "metadata": {**chat.answer_metadata("Q?"), **meta}}
+    replies = [answer(1, "Bad.", 0, "too short"), answer(2, "Half a sto … _⏹️ Stopped._", None, stopped=True)]
+    assert feedback.preferences(replies) == ([], 1)  # a remark is not an answer; the stopped one is not "later"
+    assert feedback.better_answer("Better: Paris.") == "Paris." and feedback.better_answer("better:") is None

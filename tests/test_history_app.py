@@ -90,6 +90,9 @@ def test_ana_cannot_rate_or_unrate_bens_messages(app_with_two_users):
                                                                       "value": 1, "threadId": ids["ana_thread"]}})
         assert r.status_code == 404, r.text  # overwriting ben's feedback row through her own message
         assert ana.request("DELETE", "/feedback", json={"feedbackId": ids["ben_feedback"]}).status_code == 404
+        for bad in ("not-a-uuid", "' OR 1=1 --"):  # refused before any query (no error toast for anyone)
+            r = ana.put("/feedback", json={"sessionId": "s", "feedback": {"forId": bad, "value": 1}})
+            assert r.status_code == 404, r.text
         own = ana.put("/feedback", json={"sessionId": "s", "feedback": {"forId": ids["ana_step"], "value": 0,
                                                                         "comment": "too short", "threadId": ids["ben_thread"]}})
         assert own.status_code == 200, own.text

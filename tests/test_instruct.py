@@ -224,3 +224,15 @@ def test_conversation_examples_put_earlier_exchanges_first_and_train_on_the_last
 def llm_prompt(e):
     from llm.prompt import format_prompt
     return format_prompt(e["instruction"], e["input"])
+
+
+def test_conversation_examples_end_with_duplicate_entries(tokenizer):
+    """Duplicates are one exchange: fewer distinct others than turns asked for must not loop forever."""
+    import random as _random
+
+    from finetune.instruct import conversation_examples
+    items = [{"instruction": "a", "input": "", "output": "x"}] + [{"instruction": "b", "input": "", "output": "y"}] * 2
+    examples = conversation_examples(tokenizer, items, 1.0, 2, 256, _random.Random(0))
+    b_prompt = len(tokenizer.encode(llm_prompt(items[1])))
+    assert len(examples) == 3 and examples[1].prompt_len > b_prompt  # b is preceded by a, never by its own copy
+

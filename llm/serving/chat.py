@@ -285,12 +285,17 @@ def answer_metadata(instruction: str) -> dict:
     return {"kind": ANSWER_KIND, "instruction": instruction.strip()}
 
 
+def is_chainlit_stop_notice(step: dict) -> bool:
+    return step.get("type") == "assistant_message" and (step.get("output") or "").strip() == CHAINLIT_STOP_TEXT
+
+
 def resumed_conversation(steps: list[dict]) -> Conversation:
-    """The Assistant's earlier exchanges of a stored thread, oldest first (answers carry their instruction)."""
+    """The Assistant's earlier exchanges of a stored thread, oldest first (answers carry their instruction). Stopped or
+    empty answers are left out, as in the live chat."""
     conversation = Conversation()
     for step in sorted(steps, key=lambda s: s.get("createdAt") or ""):
         meta = step.get("metadata") or {}
-        if isinstance(meta, dict) and meta.get("kind") == ANSWER_KIND:
+        if isinstance(meta, dict) and meta.get("kind") == ANSWER_KIND and not meta.get("stopped"):
             conversation.add(str(meta.get("instruction", "")), str(step.get("output") or ""))
     return conversation
 
@@ -313,6 +318,7 @@ def progress_text(name: str, done: int, total: int, seconds_left: float) -> str:
 LOGIN_USER_ENV, LOGIN_PASSWORD_ENV, LOGIN_USERS_ENV = "LLM_APP_USER", "LLM_APP_PASSWORD", "LLM_APP_USERS"
 LOCAL_USER = "local"  # the one identity of an app with history and no passwords (a laptop)
 AUTH_SECRET_ENV, AUTH_SECRET_FILE = "CHAINLIT_AUTH_SECRET", Path("data/.chainlit_auth_secret")
+AUTH_BASE_ENV = "LLM_AUTH_BASE_SECRET"  # the operator's or the file's secret, before the login set-up is mixed in
 
 
 def login_users() -> dict[str, str]:
@@ -340,16 +346,26 @@ def check_login(username: str, password: str) -> bool:
 
 
 def ensure_auth_secret(path: Path = AUTH_SECRET_FILE) -> None:
-    """Chainlit signs its login tokens with $CHAINLIT_AUTH_SECRET. When it is unset, use a random secret kept in
-    `path` (created once, readable by its owner only), so logins survive a restart without any set-up."""
-    if os.environ.get(AUTH_SECRET_ENV):
-        return
+    """Chainlit signs its login tokens with $CHAINLIT_AUTH_SECRET. The secret used is derived from a base secret (the
+    variable as the operator set it, else a random one kept in `path`, created once, owner-only) AND from who may log
+    in (the local identity, or the user:password list): turning passwords on, or removing a user, makes every token
+    signed before unusable, instead of letting a 15-day token of the old set-up in."""
+    import hashlib
     import secrets
-    path = Path(path)
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(secrets.token_urlsafe(48))
-        tmp.chmod(0o600)
-        tmp.replace(path)
-    os.environ[AUTH_SECRET_ENV] = path.read_text().strip()
+    base = os.environ.get(AUTH_BASE_ENV) or os.environ.get(AUTH_SECRET_ENV)
+    if not base:
+        path = Path(path)
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(48))
+            if not path.exists():
+                tmp.replace(path)
+            else:  # another instance made it first: use theirs
+                tmp.unlink()
+        base = path.read_text().strip()
+    os.environ[AUTH_BASE_ENV] = base
+    who = sorted(f"{u}:{hashlib.sha256(p.encode()).hexdigest()}" for u, p in login_users().items()) or [LOCAL_USER]
+    os.environ[AUTH_SECRET_ENV] = hmac.new(base.encode(), "\n".join(who).encode(), hashlib.sha256).hexdigest()

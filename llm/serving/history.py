@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,15 @@ NOTICE_EVERY_S = 30.0  # at most one "not saved" toast per session in this many 
 NOT_SAVED = "⚠️ This conversation could not be saved to your history just now. The chat goes on; it will be saved again once the database is back."
 JSON_KEYS = {"metadata", "tags", "generation", "props", "modes", "thread_metadata", "thread_tags", "step_metadata",
              "step_tags", "step_generation", "playerConfig"}
+
+
+def is_uuid(value) -> bool:
+    """Ids of threads, steps and feedback are UUIDs; anything else from a client is refused before a query."""
+    try:
+        uuid.UUID(str(value))
+        return True
+    except ValueError:
+        return False
 
 
 def database_url() -> str | None:
@@ -96,18 +105,27 @@ async def migrate(url: str) -> list[int]:
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url)
+    if engine.dialect.name == "sqlite":  # sqlite3 commits DDL on its own; this recipe makes BEGIN..COMMIT really atomic
+        @event.listens_for(engine.sync_engine, "connect")
+        def _no_autobegin(dbapi_connection, _record):
+            dbapi_connection.isolation_level = None
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin(conn):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # and takes the write lock: two starting instances queue
     applied = []
     try:
         async with engine.begin() as conn:
             await conn.execute(text("CREATE TABLE IF NOT EXISTS schema_version (version INT PRIMARY KEY, "
                                     "description TEXT NOT NULL, applied_at TEXT NOT NULL)"))
-        async with engine.connect() as conn:
-            done = {r[0] for r in (await conn.execute(text("SELECT version FROM schema_version"))).all()}
         types = _types(engine.dialect.name)
         for version, description, statements in MIGRATIONS:
-            if version in done:
-                continue
             async with engine.begin() as conn:  # one transaction per version: all of it or none of it
+                if engine.dialect.name == "postgresql":  # instances starting together apply each version once
+                    await conn.execute(text("SELECT pg_advisory_xact_lock(7263541)"))
+                done = (await conn.execute(text("SELECT 1 FROM schema_version WHERE version = :v"), {"v": version})).first()
+                if done:
+                    continue
                 for statement in statements:
                     await conn.execute(text(statement.format(**types)))
                 await conn.execute(text("INSERT INTO schema_version VALUES (:v, :d, :t)"),
@@ -189,6 +207,8 @@ class HistoryStore(SQLAlchemyDataLayer):
             if now - self._noticed.get(session_id, -NOTICE_EVERY_S) < NOTICE_EVERY_S:
                 return
             self._noticed[session_id] = now
+            if len(self._noticed) > 1000:  # forget sessions told long ago
+                self._noticed = {k: t for k, t in self._noticed.items() if now - t < NOTICE_EVERY_S}
             await context.emitter.send_toast(NOT_SAVED, "warning")
         except Exception:  # noqa: BLE001 - no session (a background task, a test): the log line is enough
             pass
