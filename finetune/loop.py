@@ -15,11 +15,16 @@ The contract of a trainer (duck-typed, see `Trainer`):
   validate(model)               -> {metric: value}, always with "val_loss"
   score(metrics)                -> optional: a value to maximise (a tuple compares element by element);
                                    without it, the lowest validation loss is the best
+Optional hooks, for step-indexed training (pretraining): before_step(step) (learning rate, dropout seed),
+micro_context(k, n) (a context around micro-batch k of n's forward and backward: DDP's no_sync),
+reduce_loss(value) (the step's loss averaged over processes), after_step(step, loss, grad_norm, validated)
+(logging, samples, checkpoints).
 """
 from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,6 +52,10 @@ class LoopSettings:
     clip: float = 1.0  # gradient norm clipping
     average: float = 0.0  # validate and keep an exponential moving average of the weights with this decay; 0 = off
     validate_at_start: bool = False  # a validation before the first step (the curve starts at the base model)
+    start_step: int = 0  # a resumed run continues its step count (and total_steps counts from 0)
+    stop_after: int | None = None  # leave after this many steps of this call (a time-boxed job that resumes later)
+    keep_best: bool = True  # keep a copy of the best validation's weights (pretraining keeps the latest instead)
+    progress: bool = True
 
 
 @dataclass
@@ -81,7 +90,8 @@ def fit(model: torch.nn.Module, trainer: Trainer, settings: LoopSettings, optimi
     kept = average.model if average else model  # what is validated and kept
     history: dict[str, list] = {"step": [], "train_loss": [], "val_step": []}
     best: dict[str, Any] = {"step": 0, "epoch": 0}
-    best_state, best_score, bad, step, stopped = None, None, 0, 0, "done"
+    best_state, best_score, bad, step, stopped = None, None, 0, settings.start_step, "done"
+    hook = lambda name: getattr(trainer, name, None)  # noqa: E731 - optional trainer hooks
     stats: dict[str, float] = {}
 
     def validation(at_step: int, epoch: int) -> bool:
@@ -101,7 +111,8 @@ def fit(model: torch.nn.Module, trainer: Trainer, settings: LoopSettings, optimi
         if improved:
             best_score, bad = score, 0
             best.update(step=at_step, epoch=epoch, **metrics)
-            best_state = {k: t.detach().cpu().clone() for k, t in kept.state_dict().items()}
+            if settings.keep_best:
+                best_state = {k: t.detach().cpu().clone() for k, t in kept.state_dict().items()}
         else:
             bad += 1
         return improved
@@ -110,21 +121,28 @@ def fit(model: torch.nn.Module, trainer: Trainer, settings: LoopSettings, optimi
     t0 = time.perf_counter()
     if settings.validate_at_start:
         validation(0, 0)
-    bar = tqdm(total=total, desc="train", unit="step", leave=False)
+    bar = tqdm(total=total, initial=step, desc="train", unit="step", leave=False, disable=not settings.progress)
     for epoch in range(settings.epochs):
         for group in trainer.epoch_steps(epoch):
+            if settings.stop_after is not None and step - settings.start_step >= settings.stop_after:
+                stopped = "stop after"
+                break
             model.train()
+            if hook("before_step"):
+                trainer.before_step(step)
             total_units = sum(trainer.units(b) for b in group)
             loss_value = 0.0
-            for batch in group:  # the step's loss is the unit-weighted mean over its micro-batches
-                with autocast(device, amp_dtype):
-                    loss, s = trainer.loss(model, batch, total_units)
-                loss.backward()
+            for k, batch in enumerate(group):  # the step's loss is the unit-weighted mean over its micro-batches
+                with trainer.micro_context(k, len(group)) if hook("micro_context") else nullcontext():
+                    with autocast(device, amp_dtype):
+                        loss, s = trainer.loss(model, batch, total_units)
+                    loss.backward()
                 loss_value += loss.item()
-                for k, v in s.items():
-                    stats[k] = stats.get(k, 0.0) + v
-            if settings.clip:
-                torch.nn.utils.clip_grad_norm_(params, settings.clip)
+                for name, v in s.items():
+                    stats[name] = stats.get(name, 0.0) + v
+            if hook("reduce_loss"):
+                loss_value = trainer.reduce_loss(loss_value)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.clip) if settings.clip else None
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
@@ -137,8 +155,12 @@ def fit(model: torch.nn.Module, trainer: Trainer, settings: LoopSettings, optimi
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.3f}")
             out_of_time = bool(settings.max_minutes) and time.perf_counter() - t0 > settings.max_minutes * 60
-            if step % settings.eval_every == 0 or step == total or out_of_time:
+            validated = step % settings.eval_every == 0 or step == total or out_of_time
+            if validated:
                 validation(step, epoch + 1)
+            if hook("after_step"):
+                trainer.after_step(step, loss_value, grad_norm, validated)
+            if validated:
                 if settings.patience and bad >= settings.patience:
                     stopped = "early stop"
                     log(f"early stop: validation has not improved for {bad} evaluations")

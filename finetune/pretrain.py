@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,21 +29,19 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from finetune.cli import DefaultsHelp, add_dtype_arg
+from finetune.loop import LoopSettings, fit
+from finetune.resume import find_resume, load_resume, save_resume
 from finetune.optim import adamw, autocast, autocast_dtype, warmup_cosine
-from llm.checkpoint import CheckpointError, read_config, read_tensors, load_state, save_checkpoint
+from llm.checkpoint import CheckpointError, read_config, save_checkpoint
 from llm.config import PRESETS, GPTConfig
 from llm.generate import GenerationSettings, generate
 from llm.model import GPT
 from llm.pretrain_data import VAL_STREAM, TokenData, block_starts, build_token_cache
 from llm.tokenizer import TokenizerError, get_tokenizer
 
-RESUME_DIR = "resume"
-STATE_FILE = "state.json"
-OPTIM_FILE = "optimizer.safetensors"
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -93,56 +90,6 @@ class LMLoss(nn.Module):
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
 
 
-# ----------------------------------------------------------------------------- resume state (no pickle)
-
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    sd = opt.state_dict()
-    tensors = {}
-    for idx, st in sd["state"].items():
-        for key, value in st.items():
-            v = value if torch.is_tensor(value) else torch.tensor(value)
-            tensors[f"{idx}.{key}"] = v.detach().contiguous().cpu()
-    return tensors, sd["param_groups"]
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict:
-    state: dict[int, dict] = {}
-    for name, t in tensors.items():
-        idx, key = name.split(".", 1)
-        state.setdefault(int(idx), {})[key] = t
-    return {"state": state, "param_groups": groups}
-
-
-def save_resume(out: Path, model: GPT, opt: torch.optim.Optimizer, state: dict) -> None:
-    """Write resume/ as a whole: build it in resume.tmp/, then swap it in (resume.old/ meanwhile)."""
-    tmp, final, old = out / (RESUME_DIR + ".tmp"), out / RESUME_DIR, out / (RESUME_DIR + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_checkpoint(model, tmp, metadata={"pretrain_step": state["step"]})
-    tensors, groups = _flatten_optimizer(opt)
-    save_file(tensors, str(tmp / OPTIM_FILE))
-    (tmp / STATE_FILE).write_text(json.dumps({**state, "param_groups": groups}, indent=1) + "\n")
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def find_resume(out: Path) -> Path | None:
-    for name in (RESUME_DIR, RESUME_DIR + ".old"):  # .old survives a kill between the two renames
-        d = out / name
-        if (d / STATE_FILE).is_file():
-            return d
-    return None
-
-
-def load_resume(d: Path, model: GPT, opt: torch.optim.Optimizer) -> dict:
-    state = json.loads((d / STATE_FILE).read_text())
-    load_state(model, read_tensors(d), str(d))
-    opt.load_state_dict(_unflatten_optimizer(load_file(str(d / OPTIM_FILE)), state.pop("param_groups")))
-    return state
-
-
 # ----------------------------------------------------------------------------- distributed helpers
 
 def setup_distributed(device_flag: str | None) -> tuple[int, int, int, torch.device]:
@@ -170,6 +117,91 @@ def all_mean(value: float, device: torch.device, world: int) -> float:
 
 
 # ----------------------------------------------------------------------------- training
+
+class PretrainTrainer:
+    """The shared loop's trainer for pretraining: one endless epoch whose step s reads the blocks that (seed, s,
+    micro-batch) name, so the data position of a run is its step number and a resumed run continues exactly."""
+
+    def __init__(self, model, opt, data, args, device, rank, world, amp_dtype, train_loss, fwd, tokenizer, history, log,
+                 save, *, start_step: int, tokens_per_step: int, master: bool):
+        self.model, self.opt, self.data, self.args, self.device = model, opt, data, args, device
+        self.rank, self.world, self.amp_dtype, self.train_loss, self.fwd = rank, world, amp_dtype, train_loss, fwd
+        self.tokenizer, self.history, self.log, self.save, self.master = tokenizer, history, log, save, master
+        self.step, self.start_step, self.tokens_per_step = start_step, start_step, tokens_per_step
+        self.T, self.t0, self.last_loss, self.lr = model.config.n_positions, time.perf_counter(), float("nan"), 0.0
+
+    def _to_dev(self, t: torch.Tensor) -> torch.Tensor:
+        return t.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else t.to(self.device)
+
+    def epoch_steps(self, epoch: int):
+        a = self.args
+        for step in range(self.start_step, a.max_steps):
+            yield [self.data.batch("train", block_starts(len(self.data.train), self.T, a.batch_size, a.seed, step,
+                                                         self.rank * a.grad_accum + k), self.T) for k in range(a.grad_accum)]
+
+    def units(self, batch) -> int:
+        return 1  # every micro-batch has the same tokens: the step's loss is their mean
+
+    def before_step(self, step: int) -> None:
+        self.lr = lr_at(step, self.args)
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr
+        torch.manual_seed(self.args.seed * 1_000_003 + step * 1_009 + self.rank)  # dropout RNG: a function of the step
+
+    def micro_context(self, k: int, n: int):
+        return contextlib.nullcontext() if (self.world == 1 or k == n - 1) else self.fwd.no_sync()
+
+    def loss(self, model, batch, total_units):
+        x, y = batch
+        return self.train_loss(self._to_dev(x), self._to_dev(y)) / total_units, {}
+
+    def reduce_loss(self, value: float) -> float:
+        return all_mean(value, self.device, self.world)
+
+    def train_metrics(self, stats):
+        return {}
+
+    @torch.no_grad()
+    def validate(self, model) -> dict:
+        a = self.args
+        model.eval()
+        total = 0.0
+        for k in range(self.rank, a.eval_iters, self.world):
+            x, y = self.data.batch("val", block_starts(len(self.data.val), self.T, a.batch_size, a.seed, VAL_STREAM, k), self.T)
+            total += LMLoss(model, self.amp_dtype)(self._to_dev(x), self._to_dev(y)).item()
+        model.train()
+        if self.world > 1:
+            t = torch.tensor([total], dtype=torch.float64, device=self.device)
+            dist.all_reduce(t)
+            total = t.item()
+        self.last_val = total / a.eval_iters
+        return {"val_loss": self.last_val}
+
+    def after_step(self, step: int, loss: float, grad_norm, validated: bool) -> None:
+        a = self.args
+        self.step, self.last_loss = step, loss
+        self.history["train"].append((step, loss))
+        done = step == a.max_steps
+        if validated:
+            val = self.last_val
+            self.history["val"].append((step, val))
+            elapsed = time.perf_counter() - self.t0
+            self.log(f"step {step}/{a.max_steps} | train {loss:.4f} | val {val:.4f} | lr {self.lr:.2e} | "
+                     f"grad-norm {float(grad_norm) if grad_norm is not None else float('nan'):.2f} | "
+                     f"{(step - self.start_step) * self.tokens_per_step / elapsed:,.0f} tok/s")
+        if self.master and a.sample_every and (step % a.sample_every == 0 or done):
+            self.sample(step)
+        if step % a.save_every == 0 or done:
+            self.save()
+
+    def sample(self, step: int) -> None:
+        self.model.eval()
+        for i, prompt in enumerate(self.args.sample_prompt or [""]):
+            s = GenerationSettings(max_new_tokens=min(self.args.sample_tokens, self.T - 1), temperature=0.8, top_k=50,
+                                   seed=self.args.seed + i)
+            self.log(f"sample {step} | {prompt!r} -> {generate(self.model, self.tokenizer, prompt, s).text!r}")
+        self.model.train()
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -284,39 +316,13 @@ def train(args) -> dict:
             f"{tokens_per_step:,} tokens per step ({world} x {args.grad_accum} x {args.batch_size} x {T}); "
             f"device {device}, autocast {amp_dtype or 'off'}, compile {'on' if use_compile else 'off'}")
 
-        def to_dev(t: torch.Tensor) -> torch.Tensor:
-            return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
-
-        @torch.no_grad()
-        def evaluate() -> float:
-            model.eval()
-            total = 0.0
-            mine = range(rank, args.eval_iters, world)
-            for k in mine:
-                x, y = data.batch("val", block_starts(len(data.val), T, args.batch_size, args.seed, VAL_STREAM, k), T)
-                total += LMLoss(model, amp_dtype)(to_dev(x), to_dev(y)).item()
-            model.train()
-            if world > 1:
-                t = torch.tensor([total], dtype=torch.float64, device=device)
-                dist.all_reduce(t)
-                total = t.item()
-            return total / args.eval_iters
-
-        def sample() -> None:
-            model.eval()
-            for i, prompt in enumerate(args.sample_prompt or [""]):
-                s = GenerationSettings(max_new_tokens=min(args.sample_tokens, T - 1), temperature=0.8, top_k=50, seed=args.seed + i)
-                text = generate(model, tokenizer, prompt, s).text
-                log(f"sample {step} | {prompt!r} -> {text!r}")
-            model.train()
-
         def save() -> None:
             if master:
-                meta = {"pretrain": {"step": step, "tokens_seen": step * tokens_per_step,
+                meta = {"pretrain": {"step": trainer.step, "tokens_seen": trainer.step * tokens_per_step,
                                      "val_loss": history["val"][-1][1] if history["val"] else None,
                                      "data": [str(f) for f in args.data]}}
                 save_checkpoint(model, out, metadata=meta)
-                save_resume(out, model, opt, {"step": step, "seed": args.seed, "history": history,
+                save_resume(out, model, opt, {"step": trainer.step, "seed": args.seed, "history": history,
                                               "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, type(None)))}})
                 if history["train"]:
                     from finetune.plots import plot_curves
@@ -327,49 +333,14 @@ def train(args) -> dict:
             if world > 1:
                 dist.barrier()
 
+        trainer = PretrainTrainer(model, opt, data, args, device, rank, world, amp_dtype, train_loss, fwd, tokenizer,
+                                  history, log, save, start_step=step, tokens_per_step=tokens_per_step, master=master)
+        settings = LoopSettings(epochs=1, eval_every=args.eval_every, clip=args.grad_clip, start_step=step,
+                                stop_after=args.stop_after, keep_best=False, progress=progress)
+        start_step = step
         model.train()
-        start_step, t0 = step, time.perf_counter()
-        last_loss = float("nan")
-        bar = tqdm(total=args.max_steps, initial=step, desc="pretraining", unit="step", disable=not progress)
-        while step < args.max_steps:
-            if args.stop_after is not None and step - start_step >= args.stop_after:
-                break
-            lr = lr_at(step, args)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            torch.manual_seed(args.seed * 1_000_003 + step * 1_009 + rank)  # dropout RNG: a function of the step
-            loss_sum = 0.0
-            for k in range(args.grad_accum):
-                micro = rank * args.grad_accum + k
-                x, y = data.batch("train", block_starts(len(data.train), T, args.batch_size, args.seed, step, micro), T)
-                x, y = to_dev(x), to_dev(y)
-                sync = contextlib.nullcontext() if (world == 1 or k == args.grad_accum - 1) else fwd.no_sync()
-                with sync:
-                    loss = train_loss(x, y) / args.grad_accum
-                    loss.backward()
-                loss_sum += loss.detach()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip) if args.grad_clip > 0 else None
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            last_loss = all_mean(float(loss_sum), device, world)
-            history["train"].append((step, last_loss))
-            bar.update(1)
-            if progress:
-                bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}")
-            done = step == args.max_steps
-            if step % args.eval_every == 0 or done:
-                val = evaluate()
-                history["val"].append((step, val))
-                elapsed = time.perf_counter() - t0
-                log(f"step {step}/{args.max_steps} | train {last_loss:.4f} | val {val:.4f} | lr {lr:.2e} | "
-                    f"grad-norm {float(grad_norm) if grad_norm is not None else float('nan'):.2f} | "
-                    f"{(step - start_step) * tokens_per_step / elapsed:,.0f} tok/s")
-            if master and args.sample_every and (step % args.sample_every == 0 or done):
-                sample()
-            if step % args.save_every == 0 or done:
-                save()
-        bar.close()
+        result = fit(model, trainer, settings, opt, None, device=device, total_steps=args.max_steps, log=lambda m: None)
+        step, last_loss = result.steps, trainer.last_loss
         if step > start_step and step % args.save_every and step != args.max_steps:
             save()  # a --stop-after exit keeps its progress
         summary = {"step": step, "train_loss": last_loss,
