@@ -54,7 +54,9 @@ async def read_rated_replies(url: str) -> list[dict]:
             rows = (await conn.execute(text(
                 'SELECT s."id" AS id, s."threadId" AS thread, s."output" AS output, s."metadata" AS metadata, '
                 's."createdAt" AS created, f."value" AS value, f."comment" AS comment '
-                'FROM steps s LEFT JOIN feedbacks f ON f."forId" = s."id" '
+                # Chainlit's web client rates the `on_message` run that holds the reply (with cot = "full"), or the
+                # reply itself: either way the feedback belongs to the reply
+                'FROM steps s LEFT JOIN feedbacks f ON f."forId" = s."id" OR f."forId" = s."parentId" '
                 'WHERE s."type" = \'assistant_message\' ORDER BY s."createdAt"'))).mappings().all()
     finally:
         await engine.dispose()

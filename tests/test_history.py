@@ -227,6 +227,25 @@ def test_feedback_is_exported_in_both_formats_and_read_back_by_the_trainers(db_u
     assert feedback.export(db_url, tmp_path / "fb2", include_confirmed=True)["spam_rows"] == 2
 
 
+def test_feedback_on_the_run_that_holds_a_reply_counts_for_the_reply(db_url, tmp_path):
+    """What the web client does (seen in a browser): the 👎 goes to the `on_message` run step, the reply's parent."""
+    from finetune import feedback
+
+    async def scenario():
+        store = history.open_store(db_url)
+        persisted = await store.create_user(User(identifier="ana"))
+        thread = str(uuid.uuid4())
+        await store.update_thread(thread, user_id=persisted.id, metadata={"chat_profile": chat.ASSISTANT_MODE})
+        run_id = str(uuid.uuid4())
+        await _create_step(store, {**_step(thread, "run", "", 1, step_id=run_id), "name": "on_message"})
+        await _create_step(store, {**_step(thread, "assistant_message", "Green.", 2, chat.answer_metadata("A colour?")),
+                                   "parentId": run_id})
+        await store.upsert_feedback(Feedback(forId=run_id, threadId=thread, value=0, comment="Better: Red."))
+        assert await store.thread_of_step(run_id, "ana") == thread
+    run(scenario())
+    assert feedback.export(db_url, tmp_path / "fb")["preferences"] == 1
+
+
 def test_export_of_a_missing_database_is_one_clear_error(tmp_path, capsys):
     from finetune import feedback
     code = feedback.main(["export", "--database", f"sqlite+aiosqlite:///{tmp_path}/none.db", "--out-dir", str(tmp_path / "o")])
