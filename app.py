@@ -242,9 +242,8 @@ async def _assistant(message: cl.Message):
 # message (and the feedback being changed) sits in a thread of the logged-in user.
 async def owned_feedback_update(request: Request, update: UpdateFeedbackRequest, current_user: UserParam):
     fid = update.feedback.id  # the web client sends an id only for feedback the server gave it: it must be the user's
-    if not history.is_uuid(update.feedback.forId) or (fid and not history.is_uuid(fid)):
-        raise HTTPException(status_code=404, detail="There is no such message in your history.")
-    thread_id = await store.thread_of_step(update.feedback.forId, current_user.identifier)
+    ids_ok = history.is_uuid(update.feedback.forId) and (not fid or history.is_uuid(fid))  # checked before any query
+    thread_id = await store.thread_of_step(update.feedback.forId, current_user.identifier) if ids_ok else None
     if thread_id is None or (fid and not await store.owns_feedback(fid, current_user.identifier)):
         raise HTTPException(status_code=404, detail="There is no such message in your history.")
     update.feedback.threadId = thread_id  # never the client's word for it

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Sequence
 
 from finetune.cli import cli_main
+from llm.serving.chat import ANSWER_KIND, VERDICT_KIND
 
 DEFAULT_OUT = "data/feedback"
-KINDS = ("spam_verdict", "answer")  # llm.serving.chat.VERDICT_KIND, ANSWER_KIND (what the app stores per reply)
 
 
 class FeedbackError(Exception):
@@ -46,7 +46,7 @@ async def read_rated_replies(url: str) -> list[dict]:
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from llm.serving.history import _decode
+    from llm.serving.history import decode_json
 
     engine = create_async_engine(url)
     try:
@@ -62,8 +62,8 @@ async def read_rated_replies(url: str) -> list[dict]:
         await engine.dispose()
     out = []
     for r in rows:
-        meta = _decode(r["metadata"])
-        if isinstance(meta, dict) and meta.get("kind") in KINDS:
+        meta = decode_json(r["metadata"])
+        if isinstance(meta, dict) and meta.get("kind") in (VERDICT_KIND, ANSWER_KIND):  # what the app stores per reply
             out.append({**dict(r), "id": str(r["id"]), "thread": str(r["thread"]), "metadata": meta})
     return out
 
@@ -73,7 +73,7 @@ def spam_corrections(replies: Sequence[dict], include_confirmed: bool = False) -
     rows, ambiguous = [], 0
     for r in replies:
         meta = r["metadata"]
-        if meta["kind"] != "spam_verdict" or r["value"] is None or (r["value"] == 1 and not include_confirmed):
+        if meta["kind"] != VERDICT_KIND or r["value"] is None or (r["value"] == 1 and not include_confirmed):
             continue
         texts, labels = meta.get("texts") or [], meta.get("labels") or []
         if len(texts) != 1 or len(labels) != 1:
@@ -100,7 +100,7 @@ def better_answer(comment: str | None) -> str | None:
 
 def preferences(replies: Sequence[dict]) -> tuple[list[dict], int]:
     """(preference records; 👎 answers left out for want of a better answer)."""
-    answers = [r for r in replies if r["metadata"]["kind"] == "answer" and (r["output"] or "").strip()
+    answers = [r for r in replies if r["metadata"]["kind"] == ANSWER_KIND and (r["output"] or "").strip()
                and not r["metadata"].get("stopped")]  # an answer cut by Stop is neither chosen nor rejected
     liked: dict[str, str] = {}
     for r in answers:

@@ -140,7 +140,8 @@ BOOL_KEYS = {"streaming", "waitForAnswer", "isError", "defaultOpen", "autoCollap
              "step_waitforanswer", "step_iserror"}  # SQLite gives 0/1 back; the web client wants true/false
 
 
-def _decode(value: Any) -> Any:
+def decode_json(value: Any) -> Any:
+    """A JSON column's value as the web client wants it: text that holds a JSON object or list decoded, 'null' None."""
     if value == "null":
         return None
     if isinstance(value, str) and value[:1] in ("{", "["):
@@ -172,7 +173,7 @@ class HistoryStore(SQLAlchemyDataLayer):
 
     def clean_result(self, obj):
         if isinstance(obj, dict):
-            return {k: _decode(v) if k in JSON_KEYS else bool(v) if k in BOOL_KEYS and isinstance(v, int)
+            return {k: decode_json(v) if k in JSON_KEYS else bool(v) if k in BOOL_KEYS and isinstance(v, int)
                     else self.clean_result(v) for k, v in obj.items()}
         if isinstance(obj, list):
             return [self.clean_result(item) for item in obj]
@@ -223,10 +224,6 @@ class HistoryStore(SQLAlchemyDataLayer):
     async def owns_feedback(self, feedback_id: str, user_identifier: str) -> bool:
         rows = await self.execute_sql('SELECT f."id" FROM feedbacks f JOIN threads t ON t."id" = f."threadId" '
                                       'WHERE f."id" = :id AND t."userIdentifier" = :user', {"id": feedback_id, "user": user_identifier})
-        return isinstance(rows, list) and bool(rows)
-
-    async def feedback_exists(self, feedback_id: str) -> bool:
-        rows = await self.execute_sql('SELECT "id" FROM feedbacks WHERE "id" = :id', {"id": feedback_id})
         return isinstance(rows, list) and bool(rows)
 
     async def last_profile(self, user_identifier: str) -> str | None:
