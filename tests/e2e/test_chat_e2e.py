@@ -234,6 +234,7 @@ def test_a_2000_row_upload_shows_progress(chat_page, tmp_path):
     page.screenshot(path=shots / "upload_progress.png")  # mid-way with a real model; done already with a tiny one
     expect(page.locator(ASSISTANT_MSG).last).to_contain_text("2,000 messages classified", timeout=120_000)
     expect(page.get_by_role("link", name="inbox-labelled.csv")).to_be_visible()
+    expect(page.locator(USER_MSG).last.locator(".bg-accent")).to_be_hidden()  # no empty text bubble under the file card
     renders = page.evaluate("window.__renders")
     progress = [r for r in renders if re.search(r"[\d,]+ / 2,000 messages classified", r)]
     assert len(progress) >= 2, renders  # the count moved while it ran
