@@ -3,9 +3,8 @@
 The UCI collection is 2010-era UK SMS: it has no parcel-fee smishing, no "Hi mum, new number", no task scams,
 and almost none of the automated texts people get today (one-time codes, delivery slots, bank notices). A
 model trained on it alone flags an ordinary one-time code as spam and misses a "Hi mum" scam with 99%
-confidence. `generate` writes such messages from the templates of two independent authors,
-`finetune/sms_templates.py` and `finetune/sms_templates_extra.py` (their categories, sources and rules are
-documented there); `finetune.spam train` adds them to its training set
+confidence. `generate` writes such messages from the templates in `finetune/sms_templates.py` (their
+categories, sources and rules are documented there); `finetune.spam train` adds them to its training set
 (`--synthetic`, per category per label) and to the validation set the temperature is fitted on.
 
 Rules, in order:
@@ -34,22 +33,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from finetune.robustness import EMOJI_AFTER, EMOJI_BEFORE, LEET, UK_NUMBER_RE, URL_RE, _protected_spans
-from finetune import sms_templates, sms_templates_extra
+from finetune.sms_templates import HAM_TEMPLATES, SLOTS, SPAM_TEMPLATES
 
-
-def _merged(*by_category: dict[str, list[str]]) -> dict[str, list[str]]:
-    """One {category: templates} from several authors' (a category two authors share gets both's templates)."""
-    out: dict[str, list[str]] = {}
-    for templates in by_category:
-        for category, items in templates.items():
-            out.setdefault(category, []).extend(items)
-    return out
-
-
-# Two authors' templates: the first's (sms_templates) and a second, independent one's (sms_templates_extra).
-TEMPLATES = {"spam": _merged(sms_templates.SPAM_TEMPLATES, sms_templates_extra.SPAM_TEMPLATES),
-             "ham": _merged(sms_templates.HAM_TEMPLATES, sms_templates_extra.HAM_TEMPLATES)}
-SLOTS = {**sms_templates.SLOTS, **sms_templates_extra.SLOTS}
+TEMPLATES = {"spam": SPAM_TEMPLATES, "ham": HAM_TEMPLATES}
 NOISE_PROBABILITY = 0.2  # a synthetic message gets one random noise from NOISES with this probability
 TRAIN_NOISE_PROBABILITY = 0.3  # `finetune.spam train --noise`: each training message, each epoch
 _SLOT = re.compile(r"\{(\w+)\}")

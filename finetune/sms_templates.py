@@ -140,7 +140,7 @@ HAM_TEMPLATES: dict[str, list[str]] = {
     ],
     "ride_food": [
         "[Your|The] {ride} [driver|car] [is arriving|has arrived|is 3 minutes away]: {driver} in a [grey|white|black|blue] {car}, {plate}",
-        "{food}: [{restaurant}|the restaurant] [is preparing your order|has handed your order to the rider|has delivered your order]. [Enjoy!|Estimated arrival {time}|Rate your order in the app]",
+        "{food}: your order from [{restaurant}|the restaurant] [is being prepared|is on its way|has been delivered]. [Enjoy!|Estimated arrival {time}|Rate your order in the app]",
         "{train}: the {time} to {city} [is delayed by {n} minutes|is cancelled|departs from platform {n}]. [Sorry for the delay|Check the app for alternatives|Your ticket is valid on the next service]",
         "[Your|A] {ride} [receipt|trip] for {amount_small} [is in the app|has been emailed to you]. Thanks for riding with {ride}",
         "[Table for {n} booked|Your booking is confirmed] at {restaurant} on {day} at {time}. [Reply CANCEL to cancel|See you then!]",

@@ -10,11 +10,10 @@ import pytest
 
 from finetune import sms_synth
 from finetune.robustness import URL_RE
+from finetune.sms_templates import HAM_TEMPLATES, SPAM_TEMPLATES
 from finetune.spam_data import synthetic_rows, validation_rows
 from finetune.spam_eval import CHALLENGE_FILE
 from llm.spam import write_split
-
-SPAM_TEMPLATES, HAM_TEMPLATES = sms_synth.TEMPLATES["spam"], sms_synth.TEMPLATES["ham"]  # both authors'
 
 
 def test_every_category_gets_its_count_and_the_same_seed_gives_the_same_messages():
