@@ -131,7 +131,7 @@ class OneAtATime:
 def raw_decode_tok_s(model, batch: int, past: int = 200, steps: int = 20) -> float:
     """Tokens/s of the bare model decoding `batch` rows (one KV cache, no scheduler, no sampling): the bound
     any scheduler's aggregate decode rate stays under on this machine, for the batch it runs."""
-    device = model.lm_head.weight.device
+    device = model.wte.weight.device  # (an int8 head has no float weight; its embedding says where)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with torch.inference_mode():
         cache = model.new_cache(batch, past + steps + 5)
