@@ -12,8 +12,7 @@ from llm.config import GPTConfig
 from llm.device import parse_dtype, resolve_precision
 from llm.generate import GenerationSettings, generate_ids, stream_text
 from llm.model import GPTClassifier
-import llm.quantize as quantize
-from llm.quantize import Int8Embedding, Int8Linear, int8_rows_matmul, quantize_rows, weight_bytes
+from llm.quantize import Int8Embedding, Int8Linear, quantize_rows, weight_bytes
 from llm.weights import load_model
 
 # int8 keeps one scale per output row, so each weight is off by at most scale/2 = max|w_row|/254;
@@ -41,35 +40,6 @@ def test_quantize_rows_roundtrip():
     q, s = quantize_rows(w)
     assert q.dtype == torch.int8 and s.shape == (64,)
     assert (q.float() * s[:, None] - w).abs().max() <= s.max() / 2 + 1e-6
-
-
-def test_int8_rows_matmul_is_the_integer_product_of_each_row_quantized_alone():
-    g = torch.Generator().manual_seed(0)
-    w, x = torch.randn(48, 64, generator=g), torch.randn(9, 64, generator=g) * torch.linspace(0.01, 30, 9)[:, None]
-    q, s = quantize_rows(w)
-    a = x.abs().amax(1, keepdim=True) / 127  # one activation scale per row
-    exact = (torch.round(x / a).double() * a.double()) @ (q.double() * s.double()[:, None]).T
-    y = int8_rows_matmul(x, q, s)
-    assert torch.allclose(y.double(), exact, rtol=1e-5, atol=1e-5)
-    assert ((y - x @ w.T).abs().max() / (x @ w.T).abs().max()) < INT8_REL_TOL  # and still close to fp32
-    # a row's output is the same, bit for bit, whatever the other rows (a row of 30s beside one of 0.01s)
-    for i in range(9):
-        others = torch.randn(7, 64, generator=g) * 50
-        assert torch.equal(int8_rows_matmul(torch.cat([others[:3], x[i:i + 1], others[3:]]), q, s)[3], y[i])
-
-
-def test_int8_linear_picks_its_kernel_by_rows(monkeypatch):
-    layer = Int8Linear.from_linear(torch.nn.Linear(64, 32))
-    calls = []
-    monkeypatch.setattr(quantize, "int8_rows_matmul", lambda *a: calls.append(a[0].shape[0]) or torch.zeros(a[0].shape[0], 32))
-    n = quantize.INT8_ROWS_FROM
-    layer(torch.randn(n - 1, 64))
-    assert calls == []  # few rows: the int8-weight kernel
-    layer(torch.randn(2, n, 64))
-    assert calls == [2 * n]  # many rows: int8 activations
-    quantize.int8_rows_always(torch.nn.Sequential(layer))
-    layer(torch.randn(1, 64))
-    assert calls == [2 * n, 1]  # the engine's setting: every batch size
 
 
 @pytest.mark.parametrize("precision,tol", [("int8", INT8_REL_TOL), ("bf16", BF16_REL_TOL)])

@@ -3,6 +3,7 @@ and kept apart from the held-out challenge set."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import random
 import re
 
@@ -59,10 +60,11 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9£$€']+", text.lower())
 
 
-# Challenge messages that share a run of eight words with the default synthetic messages: 0 for the sets written by
-# the templates' author; 4 for the blind set 3, whose independent author converged on the same stock phrases
-# (finetune/data/README.md lists them). The count must not grow.
-SHARED_EIGHT_WORD_RUNS = {"sms_challenge.csv": 0, "sms_challenge_2.csv": 0, "sms_challenge_3.csv": 4}
+# Challenge messages allowed to share a run of eight words with the default synthetic messages (sha256 of the text,
+# first 12 hex digits): none for the sets written by the templates' author; four for the blind set 3, whose independent
+# author converged on the same stock phrases (finetune/data/README.md quotes them). No other message may join them.
+SHARED_EIGHT_WORD_RUNS = {"sms_challenge.csv": set(), "sms_challenge_2.csv": set(),
+                          "sms_challenge_3.csv": {"132f65d108ed", "326a4a6ab81b", "3fc7d180bf46", "5ee6cc370eb9"}}
 
 
 @pytest.mark.parametrize("name", sorted(SHARED_EIGHT_WORD_RUNS))
@@ -77,7 +79,8 @@ def test_synthetic_messages_do_not_reproduce_the_challenge_sets(name):
             runs.setdefault(tuple(w[i:i + 8]), set()).add(text)
     made = synthetic_rows(40, 123) + synthetic_rows(8, 124)
     involved = {c for _, t in made for i in range(len(_words(t)) - 7) for c in runs.get(tuple(_words(t)[i:i + 8]), ())}
-    assert len(involved) <= SHARED_EIGHT_WORD_RUNS[name], sorted(involved)[:3]
+    unexpected = [t for t in involved if hashlib.sha256(t.encode()).hexdigest()[:12] not in SHARED_EIGHT_WORD_RUNS[name]]
+    assert not unexpected, unexpected[:3]
     assert not {t.lower() for _, t in made} & {t.lower() for t in challenge}
 
 

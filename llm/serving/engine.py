@@ -29,7 +29,6 @@ from typing import Any, Callable
 import torch
 
 from llm.generate import GenerationResult, GenerationSettings, TextStream, fit_prompt, is_greedy, sample_next
-from llm.quantize import int8_rows_always
 from llm.serving.kv import SlotCache, slots_for
 from llm.serving.limits import EngineLimits
 from llm.serving.stream import Stream, call_soon
@@ -252,7 +251,6 @@ class GenerationEngine:
         slots = slots_for(config, dtype, self.limits.max_running, self.limits.kv_cache_mb)
         self._cache = None  # free the old one first
         self._cache = SlotCache(config, slots, lm.model.wte.weight.device, dtype)
-        int8_rows_always(lm.model)  # int8: one kernel at every batch size, so no row depends on the batch
         self._lm = lm
         log.info("engine: %d KV slots x %d positions (%.0f MiB)", slots, config.n_positions, self._cache.nbytes / 2**20)
 
