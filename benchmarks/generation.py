@@ -271,6 +271,8 @@ def main() -> int:
     result = {
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    # each library picks its own ISA: ATen's kernels, oneDNN (fp32 linears here) and MKL (transformers)
+                    "isa_limits": {k: os.environ[k] for k in ISA_LIMITS if k in os.environ},
                     "torch": torch.__version__, "python": platform.python_version()},
         "base": base_desc, "prompt_tokens": len(prompt), "new_tokens": n, "runs": rows, "ceilings": ceilings,
         "cache_vs_no_cache": cache_vs_nocache, "fp32_ids_identical_to_transformers": same_fp32,
@@ -285,9 +287,15 @@ def main() -> int:
     return 0
 
 
+# To stand in for an older CPU on this one, limit all three (ATEN_CPU_CAPABILITY alone leaves oneDNN and MKL on AVX-512):
+#   ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python benchmarks/generation.py ...
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def markdown(r: dict) -> str:
     lines = [f"# Generation speed on CPU ({r['machine']['threads']} threads, torch {r['machine']['torch']}, "
-             f"ATen CPU capability {r['machine'].get('cpu_capability')})", "",
+             f"ATen CPU capability {r['machine'].get('cpu_capability')}"
+             + "".join(f", {k}={v}" for k, v in r["machine"].get("isa_limits", {}).items()) + ")", "",
              f"Greedy, {r['new_tokens']} new tokens from a {r['prompt_tokens']}-token prompt, batch 1; "
              f"weights: {r['base']}. Ceiling = measured matrix-vector GB/s / weight bytes read per token.", "",
              "| run | tokens/s | vs transformers | ceiling tokens/s | ceiling vs transformers | of ceiling |",
