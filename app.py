@@ -223,7 +223,7 @@ async def _assistant(message: cl.Message):
             await reply.stream_token(piece)
     except asyncio.CancelledError:  # Stop: the partial answer stays, finished (no "still writing" dot) and marked
         reply.content = chat.stopped_answer(reply.content)
-        reply.metadata = {**reply.metadata, "stopped": True}  # not history for the model, not training data
+        reply.metadata["stopped"] = True  # not history for the model, not training data
         await (reply.update() if reply.streaming else reply.send())
         raise
     finally:  # also on Stop, an engine error or a closed socket: free the slot, take the notice down
@@ -233,7 +233,7 @@ async def _assistant(message: cl.Message):
     conversation.add(message.content.strip(), reply.content)
     if not reply.content.strip():
         reply.content = "_(no answer: the model stopped before writing anything)_"
-        reply.metadata = {**reply.metadata, "stopped": True}
+        reply.metadata["stopped"] = True
     await reply.send()
 
 
@@ -242,8 +242,7 @@ async def _assistant(message: cl.Message):
 # message (and the feedback being changed) sits in a thread of the logged-in user.
 async def owned_feedback_update(request: Request, update: UpdateFeedbackRequest, current_user: UserParam):
     fid = update.feedback.id  # the web client sends an id only for feedback the server gave it: it must be the user's
-    ids_ok = history.is_uuid(update.feedback.forId) and (not fid or history.is_uuid(fid))  # checked before any query
-    thread_id = await store.thread_of_step(update.feedback.forId, current_user.identifier) if ids_ok else None
+    thread_id = await store.thread_of_step(update.feedback.forId, current_user.identifier)
     if thread_id is None or (fid and not await store.owns_feedback(fid, current_user.identifier)):
         raise HTTPException(status_code=404, detail="There is no such message in your history.")
     update.feedback.threadId = thread_id  # never the client's word for it
@@ -251,7 +250,7 @@ async def owned_feedback_update(request: Request, update: UpdateFeedbackRequest,
 
 
 async def owned_feedback_delete(request: Request, payload: DeleteFeedbackRequest, current_user: UserParam):
-    if not history.is_uuid(payload.feedbackId) or not await store.owns_feedback(payload.feedbackId, current_user.identifier):
+    if not await store.owns_feedback(payload.feedbackId, current_user.identifier):
         raise HTTPException(status_code=404, detail="There is no such feedback in your history.")
     return await chainlit_server.delete_feedback(request, payload, current_user)
 

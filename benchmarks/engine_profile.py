@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import functools
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from llm.serving.engine import GenerationEngine  # noqa: E402
 from llm.tokenizer import get_tokenizer  # noqa: E402
 from llm.weights import load_model  # noqa: E402
-from serving import LM, SHARED, EngineSystem, NoStop, make_prompts, run_load  # noqa: E402
+from serving import LM, SHARED, EngineSystem, NoStop, make_prompts, run_load, text_tokens  # noqa: E402
 
 seconds, calls = collections.Counter(), collections.Counter()
 
@@ -56,9 +57,7 @@ def main(argv=None) -> int:
     tokenizer = get_tokenizer()
     prompts = make_prompts(tokenizer, 256)
 
-    def count(pieces):
-        return len(tokenizer.encode("".join(pieces)))
-
+    count = functools.partial(text_tokens, tokenizer)
     lines = [f"Engine profile ({args.base}, {args.threads} threads, {args.new_tokens} new tokens, "
              f"{args.requests} requests per client, {torch.backends.cpu.get_cpu_capability()})"]
     for precision in args.precisions:

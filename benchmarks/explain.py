@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from llm.spam import SpamClassifier, read_split  # noqa: E402
+from llm.spam import DEFAULT_CHECKPOINT, SpamClassifier, read_split  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -55,7 +55,7 @@ def main() -> int:
         sel = [r["explain_s"] for r in rows if lo <= r["words"] <= hi]
         if sel:
             by_len[f"{lo}-{hi} words"] = {"n": len(sel), "median_s": statistics.median(sel)}
-    result = {"benchmark": "explained vs plain spam verdict, per message, CPU", "checkpoint": args.checkpoint or "checkpoints/spam",
+    result = {"benchmark": "explained vs plain spam verdict, per message, CPU", "checkpoint": args.checkpoint or DEFAULT_CHECKPOINT,
               "messages": len(rows), "threads": args.threads, "cpu": platform.processor() or platform.machine(),
               "explain_median_s": statistics.median(ex), "explain_p90_s": q[-1], "verdict_median_s": statistics.median(ve),
               "ratio_median": statistics.median(e / v for e, v in zip(ex, ve)), "by_length": by_len,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -145,6 +146,11 @@ def raw_decode_tok_s(model, batch: int, past: int = 200, steps: int = 20) -> flo
         return batch * steps / (time.perf_counter() - start)
 
 
+def text_tokens(tokenizer, pieces) -> int:
+    """Tokens in a streamed answer's text pieces (how the engine's and one-at-a-time's output is counted)."""
+    return len(tokenizer.encode("".join(pieces)))
+
+
 # ----------------------------------------------------------------------------- the load
 async def run_load(system, prompts, clients: int, requests: int, new_tokens: int, count_tokens) -> dict:
     rng = random.Random(clients)
@@ -204,9 +210,7 @@ def main(argv=None) -> int:
     prompts = make_prompts(tokenizer, 256)
     rows, bounds, errors = [], {}, []
 
-    def count_text(pieces):
-        return len(tokenizer.encode("".join(pieces)))
-
+    count_text = functools.partial(text_tokens, tokenizer)
     for system_name in args.systems:
         for precision in (["fp32"] if system_name == "transformers" else args.precisions):
             if system_name == "transformers":

@@ -196,7 +196,8 @@ def train(args) -> dict:
     train_pairs = [encode_pair(tok, r) for r in splits["train"][:args.limit or None]]
     val_pairs = [encode_pair(tok, r) for r in splits["val"]]
     base = str(checkpoint_path(args.base))
-    check_template(read_config(Path(base), CREATE_HINT), base)  # an instruction checkpoint, of our prompt template
+    base_config = read_config(Path(base), CREATE_HINT)
+    check_template(base_config, base)  # an instruction checkpoint, of our prompt template
     policy, _ = load_model(base, "cpu", "fp32", task="lm",
                                 hint="Pass --base an instruction checkpoint (python -m finetune.instruct train --out checkpoints/instruct).")
     reference = copy.deepcopy(policy).eval().requires_grad_(False)  # the frozen starting point
@@ -228,7 +229,7 @@ def train(args) -> dict:
     out = Path(args.out)
     train_config = {k: v for k, v in vars(args).items() if k != "func"}
     metadata = {"prompt_template": template_metadata(), "base": base,
-                "conversations": read_config(Path(base), CREATE_HINT).get("metadata", {}).get("conversations"),
+                "conversations": base_config.get("metadata", {}).get("conversations"),
                 "preference_tuned": {"method": "dpo", "from": base, "beta": args.beta, "nll_weight": args.nll_weight,
                                      "data": str(src),
                                      "train_pairs": len(train_pairs), "val_pairs": len(val_pairs)},

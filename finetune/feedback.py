@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Sequence
 
 from finetune.cli import cli_main
-from llm.serving.chat import ANSWER_KIND, VERDICT_KIND
+from llm.serving.chat import ANSWER_KIND, VERDICT_KIND, is_finished_answer
 
 DEFAULT_OUT = "data/feedback"
 
@@ -100,8 +100,7 @@ def better_answer(comment: str | None) -> str | None:
 
 def preferences(replies: Sequence[dict]) -> tuple[list[dict], int]:
     """(preference records; 👎 answers left out for want of a better answer)."""
-    answers = [r for r in replies if r["metadata"]["kind"] == ANSWER_KIND and (r["output"] or "").strip()
-               and not r["metadata"].get("stopped")]  # an answer cut by Stop is neither chosen nor rejected
+    answers = [r for r in replies if is_finished_answer(r["metadata"]) and (r["output"] or "").strip()]  # Stop-cut: neither
     liked: dict[str, str] = {}
     for r in answers:
         if r["value"] == 1:

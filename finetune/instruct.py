@@ -113,8 +113,9 @@ class InstructTrainer:
             order = list(range(len(self.train_ex)))
             self.rng.shuffle(order)
             micro = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        batches = [collate([self.train_ex[j] for j in idx], self.eot_id, self.mask_prompt, self.max_length) for idx in micro]
-        return [batches[k:k + self.grad_accum] for k in range(0, len(batches), self.grad_accum)]
+        for k in range(0, len(micro), self.grad_accum):  # the order is drawn above; batches are made step by step
+            yield [collate([self.train_ex[j] for j in idx], self.eot_id, self.mask_prompt, self.max_length)
+                   for idx in micro[k:k + self.grad_accum]]
 
     def units(self, batch) -> int:
         return int((batch[1] != IGNORE_INDEX).sum())  # target tokens: the step's loss is a mean per token

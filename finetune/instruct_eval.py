@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from llm.prompt import INPUT_HEADER, INSTRUCTION_HEADER, RESPONSE_HEADER
+
 OLLAMA_URL = "http://localhost:11434/api/chat"
 
 
@@ -110,7 +112,7 @@ def cmd_eval(args) -> int:
         responses_path.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
     rouge = [rouge_l_f1(r["model_response"], r["output"]) for r in rows]
     exact = sum(exact_match(r["model_response"], r["output"]) for r in rows)
-    leaked = sum(any(s.strip() in r["model_response"] for s in ("### Instruction:", "### Input:", "### Response:")) for r in rows)
+    leaked = sum(any(s.strip() in r["model_response"] for s in (INSTRUCTION_HEADER, INPUT_HEADER, RESPONSE_HEADER)) for r in rows)
     if earlier:  # a follow-up that repeats (most of) the previous answer instead of answering the new question
         metrics_history = {"after_history": True, "follows_conversations": im.follows_conversations,
                            "copied_from_earlier": sum(rouge_l_f1(r["model_response"], r["earlier"]["output"]) >= COPIED

@@ -91,7 +91,11 @@ def fit(model: torch.nn.Module, trainer: Trainer, settings: LoopSettings, optimi
     history: dict[str, list] = {"step": [], "train_loss": [], "val_step": []}
     best: dict[str, Any] = {"step": 0, "epoch": 0}
     best_state, best_score, bad, step, stopped = None, None, 0, settings.start_step, "done"
-    hook = lambda name: getattr(trainer, name, None)  # noqa: E731 - optional trainer hooks
+    # the trainer's optional parts, looked up once (see the module doc)
+    score_of = getattr(trainer, "score", lambda metrics: -metrics["val_loss"])
+    micro_context = getattr(trainer, "micro_context", lambda k, n: nullcontext())
+    before_step, reduce_loss, after_step = (getattr(trainer, name, None)
+                                            for name in ("before_step", "reduce_loss", "after_step"))
     stats: dict[str, float] = {}
 
     def validation(at_step: int, epoch: int) -> bool:
@@ -104,7 +108,7 @@ def fit(model: torch.nn.Module, trainer: Trainer, settings: LoopSettings, optimi
             history.setdefault("train_metrics_step", []).append(at_step)
         for k, v in {**train, **metrics}.items():
             history.setdefault(k if k != "train_loss" else "train_loss_mean", []).append(v)
-        score = trainer.score(metrics) if hasattr(trainer, "score") else -metrics["val_loss"]
+        score = score_of(metrics)
         improved = best_score is None or score > best_score
         shown = "  ".join(f"{k} {v:.4f}" for k, v in {**train, **metrics}.items())
         log(f"step {at_step:5d}  {shown}{'  (best)' if improved else ''}")
@@ -128,20 +132,20 @@ def fit(model: torch.nn.Module, trainer: Trainer, settings: LoopSettings, optimi
                 stopped = "stop after"
                 break
             model.train()
-            if hook("before_step"):
-                trainer.before_step(step)
+            if before_step:
+                before_step(step)
             total_units = sum(trainer.units(b) for b in group)
             loss_value = 0.0
             for k, batch in enumerate(group):  # the step's loss is the unit-weighted mean over its micro-batches
-                with trainer.micro_context(k, len(group)) if hook("micro_context") else nullcontext():
+                with micro_context(k, len(group)):
                     with autocast(device, amp_dtype):
                         loss, s = trainer.loss(model, batch, total_units)
                     loss.backward()
                 loss_value += loss.item()
                 for name, v in s.items():
                     stats[name] = stats.get(name, 0.0) + v
-            if hook("reduce_loss"):
-                loss_value = trainer.reduce_loss(loss_value)
+            if reduce_loss:
+                loss_value = reduce_loss(loss_value)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.clip) if settings.clip else None
             optimizer.step()
             if scheduler is not None:
@@ -158,8 +162,8 @@ def fit(model: torch.nn.Module, trainer: Trainer, settings: LoopSettings, optimi
             validated = step % settings.eval_every == 0 or step == total or out_of_time
             if validated:
                 validation(step, epoch + 1)
-            if hook("after_step"):
-                trainer.after_step(step, loss_value, grad_norm, validated)
+            if after_step:
+                after_step(step, loss_value, grad_norm, validated)
             if validated:
                 if settings.patience and bad >= settings.patience:
                     stopped = "early stop"

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from finetune.cli import DefaultsHelp, add_dtype_arg
+from finetune.cli import DefaultsHelp, add_dtype_arg, run_command
 from finetune.loop import LoopSettings, fit
 from finetune.resume import find_resume, load_resume, save_resume
 from finetune.optim import adamw, autocast, autocast_dtype, warmup_cosine
@@ -354,13 +354,7 @@ def train(args) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        train(args)
-    except (CheckpointError, TokenizerError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(build_parser().parse_args(argv), train, (CheckpointError, TokenizerError, FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ finetune/spam_eval.py (eval), finetune/calibration.py (calibrate), finetune/spam
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import math
@@ -102,13 +101,6 @@ def evaluate(model, seqs, labels, pad_id, max_length, device, batch_size=32) -> 
     return total / len(labels), acc, probs
 
 
-def _save(model, out: Path, metadata: dict) -> None:
-    from llm.lora import LoRALinear, merge_lora
-    if any(isinstance(m, LoRALinear) for m in model.modules()):
-        model = merge_lora(copy.deepcopy(model))
-    save_checkpoint(model, out, metadata=metadata)
-
-
 class SpamTrainer:
     """The shared loop's trainer for the classifier: each epoch restyles a fresh random share of the messages
     (finetune/sms_synth.py NOISES), then batches them by length; validation accuracy decides, then loss."""
@@ -125,11 +117,9 @@ class SpamTrainer:
 
     def epoch_steps(self, epoch: int):
         seqs = [self.tok.encode(noisy(t, self.noise_rng, self.noise))[:self.max_length] for t in self.texts]
-        steps = []
-        for idx in length_grouped_batches([len(q) for q in seqs], self.batch_size, self.rng):
-            ids, mask = collate([seqs[j] for j in idx], self.tok.eot_id, self.max_length)
-            steps.append([(ids, mask, torch.tensor([self.y[j] for j in idx]))])
-        return steps
+        for idx in length_grouped_batches([len(q) for q in seqs], self.batch_size, self.rng):  # the order, drawn at once
+            ids, mask = collate([seqs[j] for j in idx], self.tok.eot_id, self.max_length)  # one step's batch at a time
+            yield [(ids, mask, torch.tensor([self.y[j] for j in idx]))]
 
     def units(self, batch) -> int:
         return len(batch[2])
@@ -139,9 +129,7 @@ class SpamTrainer:
         logits = model(ids, attention_mask=mask)
         loss = F.cross_entropy(logits, y)
         stats = {"loss": loss.item() * len(y), "correct": (logits.argmax(-1) == y).sum().item(), "n": len(y)}
-        if total_units != len(y):  # a share of an accumulated step
-            loss = loss * (len(y) / total_units)
-        return loss, stats
+        return loss, stats  # one micro-batch per step: its mean is the step's
 
     def train_metrics(self, stats):
         return {"train_loss": stats["loss"] / stats["n"], "train_acc": stats["correct"] / stats["n"]}
@@ -193,7 +181,11 @@ def train(args) -> dict:
     result = fit(model, trainer, settings, opt, sched, device=device, total_steps=total_steps, amp_dtype=amp_dtype)
     model.load_state_dict(result.best_state)  # the best validation's weights (the average's, with --average)
     best = result.best
-    _save(model, out, {**metadata, "best_step": best["step"], "val_acc": best["val_acc"], "val_loss": best["val_loss"]})
+    if args.train == "lora":
+        from llm.lora import merge_lora
+        merge_lora(model)
+    save_checkpoint(model, out, metadata={**metadata, "best_step": best["step"], "val_acc": best["val_acc"],
+                                          "val_loss": best["val_loss"]})
     calibration = calibrate_checkpoint(out, val_rows, target_precision=args.target_precision, threshold=args.threshold,
                                        device=device, bpe_dir=args.bpe_dir)
     metadata = {**metadata, **calibration}

@@ -3,13 +3,13 @@ spam verdicts and a tiny random instruction model: verdict formatting, pastes, f
 and cancellation), bad input, settings, history and streaming answers."""
 from __future__ import annotations
 
-import os
 import asyncio
 import csv
 import io
+import os
 
 import pytest
-from conftest import KeywordClassifier
+from conftest import KeywordClassifier, tiny_instruction_model
 
 from llm.serving import chat
 from llm.serving.chat import ASSISTANT_MODE, SPAM_MODE, InputError
@@ -192,8 +192,6 @@ def test_registry_loads_once_and_retries_failures():
 @pytest.mark.parametrize("conversations", [True, False], ids=["trained-on-conversations", "single-exchanges"])
 def test_answers_stream_and_the_previous_exchange_is_carried_if_the_model_was_trained_for_it(make_runtime, tokenizer,
                                                                                             conversations):
-    from conftest import tiny_instruction_model
-
     def assistant():
         lm = tiny_instruction_model(tokenizer)
         lm.config = {"metadata": {"conversations": {"fraction": 0.5, "max_turns": 2}}} if conversations else {}

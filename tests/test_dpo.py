@@ -90,10 +90,8 @@ def test_bad_records_are_skipped_and_a_file_that_is_not_json_is_one_clear_error(
 def test_the_nll_weight_adds_the_chosen_answers_token_nll(tiny_model):
     pairs = [dpo.Pair([1, 2, 3, 4], [1, 2, 5, 6], 2), dpo.Pair([1, 7, 8], [1, 7, 9], 2)]
     reference = GPT(TINY).eval()
-    plain = dpo.DPOTrainer(reference, pairs, pairs, beta=0.1, batch_size=2, grad_accum=1, eot_id=0, max_length=16,
-                           device="cpu", rng=None)
-    mixed = dpo.DPOTrainer(reference, pairs, pairs, beta=0.1, batch_size=2, grad_accum=1, eot_id=0, max_length=16,
-                           device="cpu", rng=None, nll_weight=0.5)
+    same = dict(beta=0.1, batch_size=2, grad_accum=1, eot_id=0, max_length=16, device="cpu", rng=None)
+    plain, mixed = dpo.DPOTrainer(reference, pairs, pairs, **same), dpo.DPOTrainer(reference, pairs, pairs, **same, nll_weight=0.5)
     with torch.no_grad():
         (lp, _, _), (lm, _, _) = plain._terms(tiny_model, pairs), mixed._terms(tiny_model, pairs)
         (xc, yc), _ = dpo.collate_pairs(pairs, 0, 16)

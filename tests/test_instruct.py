@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import json
 import os
+import random
 
 import pytest
 import torch
 
-from finetune.instruct import main
+from finetune.instruct import conversation_examples, main
 from finetune.instruct_eval import exact_match, rouge_l_f1, rouge_tokens
 from llm.checkpoint import CheckpointError, read_config, save_checkpoint
 from llm.generate import GenerationSettings
 from llm.instruct import (IGNORE_INDEX, Example, InstructionModel, collate, encode_example, read_entries,
-                          split_entries)
+                          split_entries, turn_ids)
 from llm.model import GPT
 from llm.prompt import format_prompt, template_metadata
 
@@ -203,36 +204,24 @@ def test_short_finetune_on_real_data_lowers_validation_loss(base_model_dir, toke
 
 
 def test_conversation_examples_put_earlier_exchanges_first_and_train_on_the_last_response_only(tokenizer):
-    import random as _random
-
-    from finetune.instruct import conversation_examples
-    from llm.instruct import encode_example, turn_ids
     items = [{"instruction": f"Question {i}?", "input": "", "output": f"Answer {i}."} for i in range(6)]
-    plain = conversation_examples(tokenizer, items, 0.0, 2, 256, _random.Random(1))
+    plain = conversation_examples(tokenizer, items, 0.0, 2, 256, random.Random(1))
     assert plain == [encode_example(tokenizer, e) for e in items]  # fraction 0: the single-exchange recipe
-    mixed = conversation_examples(tokenizer, items, 1.0, 2, 256, _random.Random(1))
+    mixed = conversation_examples(tokenizer, items, 1.0, 2, 256, random.Random(1))
     for e, ex in zip(items, mixed):
         answer = tokenizer.encode(e["output"])
         assert ex.ids[-len(answer):] == answer and ex.ids[ex.prompt_len:] == answer  # only the last response counts
-        assert ex.prompt_len > len(tokenizer.encode(llm_prompt(e)))  # earlier turns came first
+        assert ex.prompt_len > encode_example(tokenizer, e).prompt_len  # earlier turns came first
     first_turn = turn_ids(tokenizer, "Question 3?", "Answer 3.")
     assert any(ex.ids[:len(first_turn)] == first_turn for ex in mixed)  # the app's follow-up layout (InstructionModel.prompt_ids)
-    short = conversation_examples(tokenizer, items, 1.0, 2, 40, _random.Random(1))
-    assert all(len(ex.ids) <= 40 or ex.prompt_len == len(tokenizer.encode(llm_prompt(e))) for e, ex in zip(items, short))
-
-
-def llm_prompt(e):
-    from llm.prompt import format_prompt
-    return format_prompt(e["instruction"], e["input"])
+    short = conversation_examples(tokenizer, items, 1.0, 2, 40, random.Random(1))
+    assert all(len(ex.ids) <= 40 or ex.prompt_len == encode_example(tokenizer, e).prompt_len for e, ex in zip(items, short))
 
 
 def test_conversation_examples_end_with_duplicate_entries(tokenizer):
     """Duplicates are one exchange: fewer distinct others than turns asked for must not loop forever."""
-    import random as _random
-
-    from finetune.instruct import conversation_examples
     items = [{"instruction": "a", "input": "", "output": "x"}] + [{"instruction": "b", "input": "", "output": "y"}] * 2
-    examples = conversation_examples(tokenizer, items, 1.0, 2, 256, _random.Random(0))
-    b_prompt = len(tokenizer.encode(llm_prompt(items[1])))
+    examples = conversation_examples(tokenizer, items, 1.0, 2, 256, random.Random(0))
+    b_prompt = encode_example(tokenizer, items[1]).prompt_len
     assert len(examples) == 3 and examples[1].prompt_len > b_prompt  # b is preceded by a, never by its own copy
 

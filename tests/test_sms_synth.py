@@ -13,7 +13,7 @@ from finetune import sms_synth
 from finetune.robustness import URL_RE
 from finetune.sms_templates import HAM_TEMPLATES, SPAM_TEMPLATES
 from finetune.spam_data import synthetic_rows, validation_rows
-from finetune.spam_eval import CHALLENGE_FILE
+from finetune.spam_eval import CHALLENGE_FILE, read_challenge
 from llm.spam import write_split
 
 
@@ -56,8 +56,9 @@ def test_noise_keeps_links_and_is_off_at_probability_zero():
     assert "09061701461" not in modern and "www.win.com" not in modern and URL_RE.search(modern)
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9£$€']+", text.lower())
+def _eight_word_runs(text: str) -> list[tuple[str, ...]]:
+    words = re.findall(r"[a-z0-9£$€']+", text.lower())
+    return [tuple(words[i:i + 8]) for i in range(len(words) - 7)]
 
 
 # Challenge messages allowed to share a run of eight words with the default synthetic messages (sha256 of the text,
@@ -70,15 +71,13 @@ SHARED_EIGHT_WORD_RUNS = {"sms_challenge.csv": set(), "sms_challenge_2.csv": set
 @pytest.mark.parametrize("name", sorted(SHARED_EIGHT_WORD_RUNS))
 def test_synthetic_messages_do_not_reproduce_the_challenge_sets(name):
     """The challenge sets are held out: what training adds (default size, both seeds) must not reproduce them."""
-    with open(CHALLENGE_FILE.with_name(name), newline="", encoding="utf-8") as f:
-        challenge = [r["text"] for r in csv.DictReader(f)]
+    challenge = [text for _, text, _ in read_challenge(CHALLENGE_FILE.with_name(name))]
     runs: dict[tuple, set[str]] = {}
     for text in challenge:
-        w = _words(text)
-        for i in range(len(w) - 7):
-            runs.setdefault(tuple(w[i:i + 8]), set()).add(text)
+        for run in _eight_word_runs(text):
+            runs.setdefault(run, set()).add(text)
     made = synthetic_rows(40, 123) + synthetic_rows(8, 124)
-    involved = {c for _, t in made for i in range(len(_words(t)) - 7) for c in runs.get(tuple(_words(t)[i:i + 8]), ())}
+    involved = {c for _, t in made for run in _eight_word_runs(t) for c in runs.get(run, ())}
     unexpected = [t for t in involved if hashlib.sha256(t.encode()).hexdigest()[:12] not in SHARED_EIGHT_WORD_RUNS[name]]
     assert not unexpected, unexpected[:3]
     assert not {t.lower() for _, t in made} & {t.lower() for t in challenge}

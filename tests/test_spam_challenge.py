@@ -52,7 +52,8 @@ CHALLENGE_FILES = [cli.CHALLENGE_FILE, cli.CHALLENGE_FILE.with_name("sms_challen
 def test_challenge_readme_counts_match_the_file(path):
     readme = (ROOT / "finetune/data/README.md").read_text(encoding="utf-8")
     section = readme[readme.index(f"## `{path.name}`"):]
-    section = section[:section.find("\n## ", 1) if "\n## " in section[1:] else None]
+    end = section.find("\n## ", 1)
+    section = section if end == -1 else section[:end]
     counts = Counter(cat for _, _, cat in spam_eval.read_challenge(path))
     for cat, n in counts.items():
         assert re.search(rf"`{cat}`\s*\|\s*(ham|spam)\s*\|\s*{n}\s*\|", section), f"{cat} ({n}) not in its README section"

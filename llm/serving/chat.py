@@ -285,6 +285,12 @@ def answer_metadata(instruction: str) -> dict:
     return {"kind": ANSWER_KIND, "instruction": instruction.strip()}
 
 
+def is_finished_answer(metadata) -> bool:
+    """An Assistant answer that ran to its end (the app marks one cut by Stop, or empty, as stopped): only such
+    answers are history for the model and training data (finetune/feedback.py)."""
+    return isinstance(metadata, dict) and metadata.get("kind") == ANSWER_KIND and not metadata.get("stopped")
+
+
 def is_chainlit_stop_notice(step: dict) -> bool:
     return step.get("type") == "assistant_message" and (step.get("output") or "").strip() == CHAINLIT_STOP_TEXT
 
@@ -295,7 +301,7 @@ def resumed_conversation(steps: list[dict]) -> Conversation:
     conversation = Conversation()
     for step in sorted(steps, key=lambda s: s.get("createdAt") or ""):
         meta = step.get("metadata") or {}
-        if isinstance(meta, dict) and meta.get("kind") == ANSWER_KIND and not meta.get("stopped"):
+        if is_finished_answer(meta):
             conversation.add(str(meta.get("instruction", "")), str(step.get("output") or ""))
     return conversation
 

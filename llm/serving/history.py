@@ -217,11 +217,15 @@ class HistoryStore(SQLAlchemyDataLayer):
     # ------------------------------------------------------------------ who owns what (Chainlit's /feedback checks nothing)
     async def thread_of_step(self, step_id: str, user_identifier: str) -> str | None:
         """The id of the thread holding step `step_id` when `user_identifier` wrote that thread, else None."""
+        if not is_uuid(step_id):  # a client's id that is no UUID never reaches a query
+            return None
         rows = await self.execute_sql('SELECT s."threadId" AS thread_id FROM steps s JOIN threads t ON t."id" = s."threadId" '
                                       'WHERE s."id" = :step AND t."userIdentifier" = :user', {"step": step_id, "user": user_identifier})
         return str(rows[0]["thread_id"]) if isinstance(rows, list) and rows else None
 
     async def owns_feedback(self, feedback_id: str, user_identifier: str) -> bool:
+        if not is_uuid(feedback_id):
+            return False
         rows = await self.execute_sql('SELECT f."id" FROM feedbacks f JOIN threads t ON t."id" = f."threadId" '
                                       'WHERE f."id" = :id AND t."userIdentifier" = :user', {"id": feedback_id, "user": user_identifier})
         return isinstance(rows, list) and bool(rows)

@@ -101,7 +101,7 @@ class Runtime:
         from llm.instruct import with_template_stops
 
         lm = await self.registry.get(INSTRUCT_MODEL_ID)
-        if history_if_trained and not getattr(lm, "follows_conversations", False):
+        if history_if_trained and not lm.follows_conversations:
             history = ()
         s = with_template_stops(settings)
         ids = lm.prompt_ids(instruction, input, list(history), s.max_new_tokens)
