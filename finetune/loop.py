@@ -82,11 +82,13 @@ def start(args):
 
 def fit(model: torch.nn.Module, trainer: Trainer, settings: LoopSettings, optimizer: torch.optim.Optimizer,
         scheduler, *, device: torch.device, total_steps: int, amp_dtype: torch.dtype | None = None,
-        log=tqdm.write) -> LoopResult:
+        log=tqdm.write, average: WeightAverage | None = None) -> LoopResult:
     """Train `model` with `trainer` for settings.epochs (total_steps optimizer steps in all: the trainer knows how
-    many without drawing its batches, which would move its random order)."""
+    many without drawing its batches, which would move its random order). `average`: the weight average to update
+    and validate, for a caller that saves or resumes it (pretraining); by default one is made from settings.average."""
     params = [p for p in model.parameters() if p.requires_grad]
-    average = WeightAverage(model, settings.average) if settings.average else None
+    if average is None and settings.average:
+        average = WeightAverage(model, settings.average)
     kept = average.model if average else model  # what is validated and kept
     history: dict[str, list] = {"step": [], "train_loss": [], "val_step": []}
     best: dict[str, Any] = {"step": 0, "epoch": 0}

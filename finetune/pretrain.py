@@ -34,7 +34,7 @@ from tqdm import tqdm
 from finetune.cli import DefaultsHelp, add_dtype_arg, run_command
 from finetune.loop import LoopSettings, fit
 from finetune.resume import find_resume, load_resume, save_resume
-from finetune.optim import adamw, autocast, autocast_dtype, warmup_cosine
+from finetune.optim import WeightAverage, adamw, autocast, autocast_dtype, warmup_cosine
 from llm.checkpoint import CheckpointError, read_config, save_checkpoint
 from llm.config import PRESETS, GPTConfig
 from llm.generate import GenerationSettings, generate
@@ -231,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
     g.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0 = off)")
     g.add_argument("--seed", type=int, default=1337, help="seeds the initial weights, the blocks sampled and dropout")
+    g.add_argument("--average", type=float, default=0.0, metavar="DECAY",
+                   help="validate and save an exponential moving average of the weights with this decay, e.g. 0.999 "
+                        "(0 = off; the live weights and the average both resume)")
     g = p.add_argument_group("evaluation and checkpoints")
     g.add_argument("--eval-every", type=int, default=250, help="steps between validation losses (and checkpoints)")
     g.add_argument("--eval-iters", type=int, default=20, help="validation micro-batches per evaluation")
@@ -292,9 +295,10 @@ def train(args) -> dict:
         torch.manual_seed(args.seed)  # same initial weights on every rank
         model = GPT(config).to(device)
         opt = make_optimizer(model, args, device)
+        average = WeightAverage(model, args.average) if args.average else None
         step, history = 0, {"train": [], "val": []}
         if resume_dir is not None:
-            state = load_resume(resume_dir, model, opt)
+            state = load_resume(resume_dir, model, opt, average)
             step, history = state["step"], state["history"]
             if state["seed"] != args.seed:
                 log(f"note: resuming with --seed {args.seed}, the run began with {state['seed']}")
@@ -320,10 +324,11 @@ def train(args) -> dict:
             if master:
                 meta = {"pretrain": {"step": trainer.step, "tokens_seen": trainer.step * tokens_per_step,
                                      "val_loss": history["val"][-1][1] if history["val"] else None,
-                                     "data": [str(f) for f in args.data]}}
-                save_checkpoint(model, out, metadata=meta)
+                                     "data": [str(f) for f in args.data], "average": args.average or None}}
+                save_checkpoint(average.model if average else model, out, metadata=meta)  # what validation measured
                 save_resume(out, model, opt, {"step": trainer.step, "seed": args.seed, "history": history,
-                                              "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, type(None)))}})
+                                              "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, type(None)))}},
+                            average)
                 if history["train"]:
                     from finetune.plots import plot_curves
                     series = {"train": tuple(map(list, zip(*history["train"])))}
@@ -339,7 +344,8 @@ def train(args) -> dict:
                                 stop_after=args.stop_after, keep_best=False, progress=progress)
         start_step = step
         model.train()
-        result = fit(model, trainer, settings, opt, None, device=device, total_steps=args.max_steps, log=lambda m: None)
+        result = fit(model, trainer, settings, opt, None, device=device, total_steps=args.max_steps, log=lambda m: None,
+                     average=average)
         step, last_loss = result.steps, trainer.last_loss
         if step > start_step and step % args.save_every and step != args.max_steps:
             save()  # a --stop-after exit keeps its progress

@@ -10,12 +10,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from finetune.optim import WeightAverage
 from llm.checkpoint import load_state, read_tensors, save_checkpoint
 from llm.model import GPT
 
 RESUME_DIR = "resume"
 STATE_FILE = "state.json"
 OPTIM_FILE = "optimizer.safetensors"
+AVERAGE_DIR = "average"
 
 
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -36,11 +38,15 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -
     return {"state": state, "param_groups": groups}
 
 
-def save_resume(out: Path, model: GPT, opt: torch.optim.Optimizer, state: dict) -> None:
-    """Write resume/ as a whole: build it in resume.tmp/, then swap it in (resume.old/ meanwhile)."""
+def save_resume(out: Path, model: GPT, opt: torch.optim.Optimizer, state: dict, average: WeightAverage | None = None) -> None:
+    """Write resume/ as a whole: build it in resume.tmp/, then swap it in (resume.old/ meanwhile). With a weight
+    average, its weights go to resume/average/ and its update count to the state."""
     tmp, final, old = out / (RESUME_DIR + ".tmp"), out / RESUME_DIR, out / (RESUME_DIR + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     save_checkpoint(model, tmp, metadata={"pretrain_step": state["step"]})
+    if average is not None:
+        save_checkpoint(average.model, tmp / AVERAGE_DIR, metadata={"pretrain_step": state["step"]})
+        state = {**state, "average_updates": average.updates}
     tensors, groups = _flatten_optimizer(opt)
     save_file(tensors, str(tmp / OPTIM_FILE))
     (tmp / STATE_FILE).write_text(json.dumps({**state, "param_groups": groups}, indent=1) + "\n")
@@ -59,8 +65,16 @@ def find_resume(out: Path) -> Path | None:
     return None
 
 
-def load_resume(d: Path, model: GPT, opt: torch.optim.Optimizer) -> dict:
+def load_resume(d: Path, model: GPT, opt: torch.optim.Optimizer, average: WeightAverage | None = None) -> dict:
+    """Restore the weights, the optimizer and (when both the run and the saved state have one) the weight average;
+    returns the state. An average the saved run did not keep starts from the restored weights."""
     state = json.loads((d / STATE_FILE).read_text())
     load_state(model, read_tensors(d), str(d))
+    if average is not None:
+        if (d / AVERAGE_DIR).is_dir():
+            load_state(average.model, read_tensors(d / AVERAGE_DIR), str(d / AVERAGE_DIR))
+            average.updates = state.get("average_updates", 0)
+        else:
+            average.model.load_state_dict(model.state_dict())
     opt.load_state_dict(_unflatten_optimizer(load_file(str(d / OPTIM_FILE)), state.pop("param_groups")))
     return state

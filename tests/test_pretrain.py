@@ -92,8 +92,9 @@ def test_loss_decreases_and_output_is_a_base(corpus, tokenizer, tmp_path):
     assert model.config.n_layer == 2 and cfg["metadata"]["pretrain"]["step"] == 40
 
 
-def test_stop_and_resume_matches_uninterrupted_run(corpus, tokenizer, tmp_path):
-    common = ("--max-steps", "10", "--eval-every", "4", "--sample-every", "0", "--dropout", "0.1")
+@pytest.mark.parametrize("average", [(), ("--average", "0.9")], ids=["live-weights", "weight-average"])
+def test_stop_and_resume_matches_uninterrupted_run(corpus, tokenizer, tmp_path, average):
+    common = ("--max-steps", "10", "--eval-every", "4", "--sample-every", "0", "--dropout", "0.1", *average)
     straight = pretrain(run_args(corpus, tmp_path / "straight", *common))
     first = pretrain(run_args(corpus, tmp_path / "resumed", *common, "--stop-after", "6"))
     assert first["step"] == 6 and find_resume(tmp_path / "resumed") is not None
@@ -108,6 +109,12 @@ def test_stop_and_resume_matches_uninterrupted_run(corpus, tokenizer, tmp_path):
     assert oa.keys() == ob.keys()
     for k in oa:
         torch.testing.assert_close(ob[k], oa[k], rtol=1e-5, atol=1e-7)
+    if average:  # the checkpoint is the average (compared above), and the live weights resumed too
+        live_a = load_file(str(tmp_path / "straight/resume/model.safetensors"))
+        live_b = load_file(str(tmp_path / "resumed/resume/model.safetensors"))
+        assert any(not torch.equal(live_a[k], a[k]) for k in a)  # the average is not the live weights
+        for k in live_a:
+            torch.testing.assert_close(live_b[k], live_a[k], rtol=1e-5, atol=1e-6)
     ha = json.loads((tmp_path / "straight/resume/state.json").read_text())["history"]
     hb = json.loads((tmp_path / "resumed/resume/state.json").read_text())["history"]
     assert [s for s, _ in ha["train"]] == [s for s, _ in hb["train"]] == list(range(1, 11))
