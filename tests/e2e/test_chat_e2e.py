@@ -106,6 +106,27 @@ RECORD_RENDERS = """() => { window.__renders = []; window.__times = [];
       .observe(document.body, {subtree: true, childList: true, characterData: true}); }""" % ASSISTANT_MSG
 
 
+def wait_for_answer(page, settle_s: float = 1.5) -> None:
+    """Wait until the last answer is complete: the Stop button gone and the text unchanged for `settle_s`.
+
+    The Stop button alone is not enough: Chainlit shows it only after the "first_interaction" event, which it sends
+    from a background task once the new thread's queued writes reach the history store; when those writes are slow
+    (CI's disk), the first tokens stream while the button is not there yet."""
+    from playwright.sync_api import expect
+
+    deadline = time.monotonic() + 60
+    last, since = None, time.monotonic()
+    while True:
+        expect(page.locator("#stop-button")).to_have_count(0, timeout=max(1, deadline - time.monotonic()) * 1000)
+        text, now = page.locator(ASSISTANT_MSG).last.inner_text(), time.monotonic()
+        if text != last:
+            last, since = text, now
+        elif now - since >= settle_s:
+            return
+        assert now < deadline, "the answer was still growing after 60 s"
+        time.sleep(0.1)
+
+
 def select_profile(page, name: str, confirm: bool) -> None:
     from playwright.sync_api import expect
 
@@ -155,7 +176,7 @@ def test_assistant_streams_then_spam_check_verdict(chat_page, chainlit_url, tmp_
     send(page, "Give me three tips for staying healthy.")
     expect(page.locator(USER_MSG).last).to_contain_text("three tips")
     expect(page.locator(ASSISTANT_MSG).last).not_to_be_empty()
-    expect(page.locator("#stop-button")).to_have_count(0, timeout=60_000)  # the answer is complete
+    wait_for_answer(page)
     renders = page.evaluate("window.__renders")
     assert len(renders) >= 3, renders  # the text appeared piece by piece, not in one go
     assert renders[-1].startswith(renders[0][:5]), renders
@@ -192,7 +213,7 @@ def test_four_assistant_sessions_stream_at_once(chromium_browser, chainlit_url, 
             page.locator("#chat-input").press("Enter")
         windows = []  # (first render, last render) of each answer, in the browser's wall-clock ms
         for page in pages:
-            expect(page.locator("#stop-button")).to_have_count(0, timeout=60_000)
+            wait_for_answer(page)
             renders, times = page.evaluate("window.__renders"), page.evaluate("window.__times")
             assert len(renders) >= 3, renders
             windows.append((times[0], times[-1]))
@@ -256,7 +277,7 @@ def test_history_survives_a_reload_and_takes_a_thumbs_down(chat_page, chainlit_u
     question = "What is the capital of France? (history test)"
     send(page, question)
     expect(page.locator(USER_MSG).last).to_contain_text("history test")
-    expect(page.locator("#stop-button")).to_have_count(0, timeout=60_000)
+    wait_for_answer(page)
     answer = page.locator(ASSISTANT_MSG).last
     expect(answer).not_to_be_empty()
     answer.hover()
