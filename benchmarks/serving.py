@@ -20,6 +20,10 @@ peer is recorded in the results' meta instead of ending the run (results are rew
     python benchmarks/serving.py --device cuda --systems engine transformers --precisions fp32 bf16 \
         --clients 1 16 64 256 --out benchmarks/results/serving_gpu
 
+Torch work outside the system under test (loading, the bare-model bound, the peer's set-up) runs in threads that
+end when it is done: a live thread that once ran torch ops keeps an OpenMP team, and libgomp then stops spinning
+its workers between parallel ops, which slowed every system here by up to 1.7x (see llm.serving.registry.in_own_thread).
+
 Reported per system and N: aggregate decode tokens/s (all tokens / wall time), per-stream tokens/s
 (a request's tokens after its first / the time since its first), time to first token p50/p95, request
 latency p95. Results: benchmarks/results/serving.{json,md,png}.
@@ -129,6 +133,24 @@ class OneAtATime:
         pass
 
 
+def in_own_thread(fn, *args, **kwargs):
+    """fn(*args, **kwargs) in a thread that ends when it returns (the main thread keeps no OpenMP team)."""
+    box = {}
+
+    def run():
+        try:
+            box["result"] = fn(*args, **kwargs)
+        except BaseException as e:
+            box["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def raw_decode_tok_s(model, batch: int, past: int = 200, steps: int = 20) -> float:
     """Tokens/s of the bare model decoding `batch` rows (one KV cache, no scheduler, no sampling): the bound
     any scheduler's aggregate decode rate stays under on this machine, for the batch it runs."""
@@ -216,8 +238,8 @@ def main(argv=None) -> int:
             if system_name == "transformers":
                 from serving_peers import TransformersContinuousBatching
                 try:
-                    peer = TransformersContinuousBatching(args.base, threads=args.threads, max_batch=max(args.clients),
-                                                          device=args.device)
+                    peer = in_own_thread(TransformersContinuousBatching, args.base, threads=args.threads,
+                                         max_batch=max(args.clients), device=args.device)
                 except Exception as e:  # a peer that cannot start must not cost the engine's results
                     errors.append(f"transformers: {type(e).__name__}: {e}")
                     print(f"transformers peer failed to start: {e!r}", flush=True)
@@ -230,10 +252,10 @@ def main(argv=None) -> int:
                 system, count = Peer(), len
                 closer = peer.close
             else:
-                model, _ = load_model(args.base, args.device, precision)
+                model, _ = in_own_thread(load_model, args.base, args.device, precision)
                 lm = LM(model, no_stop)
                 if system_name == "engine":
-                    bounds[precision] = {n: round(raw_decode_tok_s(model, n), 1) for n in args.clients}
+                    bounds[precision] = {n: round(in_own_thread(raw_decode_tok_s, model, n), 1) for n in args.clients}
                     print(f"bare model decode tok/s by batch ({precision}): {bounds[precision]}", flush=True)
                 system = EngineSystem(lm, max(args.clients), args.kv_cache_mb) if system_name == "engine" else OneAtATime(lm)
                 count, closer = count_text, system.close

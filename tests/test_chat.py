@@ -7,6 +7,7 @@ import asyncio
 import csv
 import io
 import os
+import threading
 
 import pytest
 from conftest import KeywordClassifier, tiny_instruction_model
@@ -187,6 +188,25 @@ def test_registry_loads_once_and_retries_failures():
     assert registry.status()["m"]["error"] and not registry.status()["m"]["ready"]
     assert run(registry.get("m")) == "model" and run(registry.get("m")) == "model"  # retried once, then cached
     assert calls["n"] == 2 and registry.status()["m"]["ready"]
+
+
+def test_a_load_on_request_runs_in_a_thread_that_ends():
+    """A thread left alive after running torch ops keeps an OpenMP team that slows every op of the engine's
+    (libgomp stops spinning once it manages more threads than CPUs): the load's thread must end with it."""
+    from pathlib import Path
+
+    from llm.serving.registry import ModelRegistry, ModelSpec
+
+    loaders = []
+    registry = ModelRegistry([ModelSpec("m", "assistant", lambda: Path("x"), "Create it with: make",
+                                        lambda: loaders.append(threading.current_thread()) or "model")])
+
+    async def load_then_check():
+        assert await registry.get("m") == "model"
+        loaders[0].join(timeout=5)  # still awaited inside the running loop: an executor thread would stay alive
+        return loaders[0].is_alive()
+
+    assert run(load_then_check()) is False and loaders[0] is not threading.main_thread()
 
 
 @pytest.mark.parametrize("conversations", [True, False], ids=["trained-on-conversations", "single-exchanges"])

@@ -128,7 +128,7 @@ class ModelRegistry:
     async def get(self, model_id: str) -> Any:
         """The model; waits for a load in progress, retries a failed one; ModelUnavailable if it cannot load."""
         slot = self._slots[model_id]
-        model = slot.model if slot.model is not None else await asyncio.to_thread(self.load, model_id)
+        model = slot.model if slot.model is not None else await in_own_thread(self.load, model_id)
         if model is None:
             raise ModelUnavailable(self.unavailable_message(model_id))
         return model
@@ -148,3 +148,32 @@ class ModelRegistry:
                              "checkpoint": str(path), "checkpoint_found": checkpoint_ready(path),
                              "create_with": slot.spec.create_hint.removeprefix("Create it with: ")}
         return out
+
+
+async def in_own_thread(fn: Callable[..., Any], *args) -> Any:
+    """`fn(*args)` in a new thread that ends when it returns, awaited from the event loop.
+
+    Not `asyncio.to_thread`: its executor thread stays alive after a load, holding the OpenMP thread team that
+    the load's torch ops created, and libgomp lets its workers spin between parallel ops only while it manages
+    no more threads than there are CPUs. With one such idle team beside the engine's, every parallel op of the
+    engine waits for a futex wake-up (on the 2-core CPU, with the model loaded by a thread that stayed alive, one
+    int8 stream decoded at 103 tok/s instead of 180: `benchmarks/engine_profile.py`)."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(outcome: Any, failed: bool) -> None:
+        if not future.done():  # the awaiting request may have been cancelled meanwhile
+            (future.set_exception if failed else future.set_result)(outcome)
+
+    def run() -> None:
+        try:
+            outcome, failed = fn(*args), False
+        except BaseException as e:  # handed to the awaiting coroutine
+            outcome, failed = e, True
+        try:
+            loop.call_soon_threadsafe(settle, outcome, failed)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    threading.Thread(target=run, name="llm-load", daemon=True).start()
+    return await future
