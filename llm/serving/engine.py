@@ -16,6 +16,9 @@ every iteration of the scheduler thread
 A finished or cancelled sequence leaves at once and frees its slot; waiting requests join the batch
 at the next iteration. Callers hold a `Stream` (an async iterator of text pieces) or await
 `classify`; both hand results from the scheduler thread to the event loop thread-safely.
+
+Keep other torch work off long-lived threads: a thread that has run torch ops keeps an OpenMP team while it
+lives, and libgomp then stops spinning this thread's workers between ops (see `registry.in_own_thread`).
 """
 from __future__ import annotations
 
