@@ -1,14 +1,19 @@
 """The spam classifier's data: the UCI collection split two ways (`prepare`), the synthetic messages of today's
-kinds (finetune/sms_synth.py) that training adds, extra labelled files (`--extra-train`) and the validation mix."""
+kinds (finetune/sms_synth.py) and the authored ones (finetune/data/sms_authored.csv) that training adds, extra
+labelled files (`--extra-train`, `--extra-validation`) and the validation mix."""
 from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Sequence
 
 from finetune.sms_synth import generate
 from llm.spam import LABELS, SpamDataError, deduplicate, fetch_data, make_splits, read_collection, read_split, write_split
 
 DATA_DIR = "data/sms_spam"
+# Messages of today written for training by four independent authors, each with a train/validation split:
+# provenance and rules in finetune/data/README.md.
+AUTHORED_FILE = Path(__file__).resolve().parent / "data" / "sms_authored.csv"
 
 
 def prepare(sms_data: str | None, data_dir: str | Path = DATA_DIR, quiet: bool = False) -> dict:
@@ -34,6 +39,12 @@ def synthetic_rows(per_category: int, seed: int) -> list[tuple[str, str]]:
     return [(label, text) for label, text, _ in generate(per_category, seed)] if per_category else []
 
 
+def authored_rows(split: str) -> list[tuple[str, str]]:
+    """The (label, text) rows of finetune/data/sms_authored.csv in `split` ("train" or "validation")."""
+    with open(AUTHORED_FILE, newline="", encoding="utf-8") as f:
+        return [(r["label"], r["text"]) for r in csv.DictReader(f) if r["split"] == split]
+
+
 def read_labelled(path: str | Path) -> list[tuple[str, str]]:
     """(label, text) rows of an extra training CSV with columns label,text (e.g. finetune.feedback's export)."""
     path = Path(path)
@@ -50,11 +61,15 @@ def read_labelled(path: str | Path) -> list[tuple[str, str]]:
     return rows
 
 
-def validation_rows(data_dir: Path, per_category: int, seed: int) -> list[tuple[str, str]]:
+def validation_rows(data_dir: Path, per_category: int, seed: int, authored: bool = False,
+                    extra: Sequence[str | Path] = ()) -> list[tuple[str, str]]:
     """The split's validation messages plus a fifth as many synthetic ones per category as training had (another
-    seed): the best checkpoint, the temperature and the threshold are chosen on this mix, so they answer for
-    today's messages too, not only for 2010's."""
-    rows = read_split(data_dir / "validation.csv")
+    seed), with `authored` the authored messages kept for validation, and the `extra` labelled files: the best
+    checkpoint, the temperature and the threshold are chosen on this mix, so they answer for today's messages too,
+    not only for 2010's."""
+    rows = read_split(data_dir / "validation.csv") + (authored_rows("validation") if authored else [])
+    for path in extra:
+        rows += read_labelled(path)
     if per_category:
         seen = {t.lower() for _, t in synthetic_rows(per_category, seed)}
         rows += [r for r in synthetic_rows(max(1, per_category // 5), seed + 1) if r[1].lower() not in seen]

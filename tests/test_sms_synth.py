@@ -12,7 +12,7 @@ import pytest
 from finetune import sms_synth
 from finetune.robustness import URL_RE
 from finetune.sms_templates import HAM_TEMPLATES, SPAM_TEMPLATES
-from finetune.spam_data import synthetic_rows, validation_rows
+from finetune.spam_data import AUTHORED_FILE, authored_rows, synthetic_rows, validation_rows
 from finetune.spam_eval import CHALLENGE_FILE, read_challenge
 from llm.spam import write_split
 
@@ -62,20 +62,27 @@ def _eight_word_runs(text: str) -> list[tuple[str, ...]]:
 
 
 # Challenge messages allowed to share a run of eight words with the default synthetic messages (sha256 of the text,
-# first 12 hex digits): none for the sets written by the templates' author; four for the blind set 3, whose independent
-# author converged on the same stock phrases (finetune/data/README.md quotes them). No other message may join them.
+# first 12 hex digits): none for the sets written by the templates' author; a few for the blind sets 3-5, whose
+# independent authors converged on the same stock phrases (finetune/data/README.md quotes set 3's). No other message
+# may join them, and none may share one with the authored training messages (those that did were left out).
 SHARED_EIGHT_WORD_RUNS = {"sms_challenge.csv": set(), "sms_challenge_2.csv": set(),
-                          "sms_challenge_3.csv": {"132f65d108ed", "326a4a6ab81b", "3fc7d180bf46", "5ee6cc370eb9"}}
+                          "sms_challenge_3.csv": {"132f65d108ed", "326a4a6ab81b", "3fc7d180bf46", "5ee6cc370eb9"},
+                          "sms_challenge_4.csv": {"3c16a8f2a66d", "e3b7f5709025", "f7fa468ae6ec"},
+                          "sms_challenge_5.csv": {"94fd447960d8"}}
 
 
 @pytest.mark.parametrize("name", sorted(SHARED_EIGHT_WORD_RUNS))
-def test_synthetic_messages_do_not_reproduce_the_challenge_sets(name):
-    """The challenge sets are held out: what training adds (default size, both seeds) must not reproduce them."""
+def test_training_messages_do_not_reproduce_the_challenge_sets(name):
+    """The challenge sets are held out: what training adds (synthetic at the default size, both seeds, and the
+    authored messages) must not reproduce them."""
     challenge = [text for _, text, _ in read_challenge(CHALLENGE_FILE.with_name(name))]
     runs: dict[tuple, set[str]] = {}
     for text in challenge:
         for run in _eight_word_runs(text):
             runs.setdefault(run, set()).add(text)
+    authored = authored_rows("train") + authored_rows("validation")
+    assert not {c for _, t in authored for run in _eight_word_runs(t) for c in runs.get(run, ())}
+    assert not {t.lower() for _, t in authored} & {t.lower() for t in challenge}
     made = synthetic_rows(40, 123) + synthetic_rows(8, 124)
     involved = {c for _, t in made for run in _eight_word_runs(t) for c in runs.get(run, ())}
     unexpected = [t for t in involved if hashlib.sha256(t.encode()).hexdigest()[:12] not in SHARED_EIGHT_WORD_RUNS[name]]
@@ -86,6 +93,7 @@ def test_synthetic_messages_do_not_reproduce_the_challenge_sets(name):
 def test_validation_gets_a_fifth_as_many_synthetic_messages_none_seen_in_training(tmp_path):
     write_split([("ham", "see you at 7"), ("spam", "WIN cash now")], tmp_path / "validation.csv")
     assert validation_rows(tmp_path, 0, 123) == [("ham", "see you at 7"), ("spam", "WIN cash now")]
+    assert validation_rows(tmp_path, 0, 123, authored=True)[2:] == authored_rows("validation")
     rows = validation_rows(tmp_path, 10, 123)
     train = {t.lower() for _, t in synthetic_rows(10, 123)}
     extra = rows[2:]
@@ -102,3 +110,34 @@ def test_cli_writes_a_csv(tmp_path, capsys):
     assert {r["label"] for r in rows} == {"ham", "spam"}
     with pytest.raises(SystemExit):
         sms_synth.main(["--per-category", "0"])
+
+
+def test_authored_messages_are_balanced_per_author_split_and_new():
+    """finetune/data/sms_authored.csv: four authors, half spam each, a validation fifth, no duplicates, one label per
+    category, nothing from the UCI collection, and its README table matches."""
+    import collections
+    import os
+    from pathlib import Path
+
+    with open(AUTHORED_FILE, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) >= 800 and {r["split"] for r in rows} == {"train", "validation"}
+    for author in {r["author"] for r in rows}:
+        mine = [r for r in rows if r["author"] == author]
+        assert 0.4 <= sum(r["label"] == "spam" for r in mine) / len(mine) <= 0.6, author
+        assert 0.15 <= sum(r["split"] == "validation" for r in mine) / len(mine) <= 0.25, author
+    assert len({r["text"].strip().lower() for r in rows}) == len(rows), "duplicate messages"
+    labels = collections.defaultdict(set)
+    for r in rows:
+        labels[r["category"]].add(r["label"])
+    assert all(len(v) == 1 for v in labels.values()) and {lab for v in labels.values() for lab in v} == {"ham", "spam"}
+    readme = (AUTHORED_FILE.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## `sms_authored.csv`"):]
+    for author, n in collections.Counter(r["author"] for r in rows).items():
+        assert re.search(rf"`{author}`\s*\|[^\n]*\|\s*{n}\s*\|", section), f"{author} ({n}) not in the README"
+    src = Path(os.environ.get("LLM_SPAM_DATA") or "")
+    if src.is_file():
+        known = {line.split("\t", 1)[1].strip().lower() for line in src.read_text(encoding="utf-8", errors="replace").splitlines()
+                 if "\t" in line}
+        assert not [r for r in rows if r["text"].strip().lower() in known]
+
