@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from llm.serving.engine import GenerationEngine  # noqa: E402
 from llm.tokenizer import get_tokenizer  # noqa: E402
 from llm.weights import load_model  # noqa: E402
-from serving import LM, SHARED, EngineSystem, NoStop, in_own_thread, make_prompts, run_load, text_tokens  # noqa: E402
+from serving import LM, SHARED, EngineSystem, NoStop, make_prompts, run_in_own_thread, run_load, text_tokens  # noqa: E402
 
 seconds, calls = collections.Counter(), collections.Counter()
 
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     lines = [f"Engine profile ({args.base}, {args.threads} threads, {args.new_tokens} new tokens, "
              f"{args.requests} requests per client, {torch.backends.cpu.get_cpu_capability()})"]
     for precision in args.precisions:
-        model, _ = in_own_thread(load_model, args.base, "cpu", precision)
+        model, _ = run_in_own_thread(load_model, args.base, "cpu", precision)
         model.transform = timed("model.transform", model.transform)
         model.lm_head.forward = timed("lm_head", model.lm_head.forward)
         system = EngineSystem(LM(model, NoStop(tokenizer)), max(args.clients))

@@ -22,7 +22,7 @@ peer is recorded in the results' meta instead of ending the run (results are rew
 
 Torch work outside the system under test (loading, the bare-model bound, the peer's set-up) runs in threads that
 end when it is done: a live thread that once ran torch ops keeps an OpenMP team, and libgomp then stops spinning
-its workers between parallel ops, which slowed every system here by up to 1.7x (see llm.serving.registry.in_own_thread).
+its workers between parallel ops, which slowed every system here by up to 1.8x (see llm.serving.registry.in_own_thread).
 
 Reported per system and N: aggregate decode tokens/s (all tokens / wall time), per-stream tokens/s
 (a request's tokens after its first / the time since its first), time to first token p50/p95, request
@@ -133,8 +133,9 @@ class OneAtATime:
         pass
 
 
-def in_own_thread(fn, *args, **kwargs):
-    """fn(*args, **kwargs) in a thread that ends when it returns (the main thread keeps no OpenMP team)."""
+def run_in_own_thread(fn, *args, **kwargs):
+    """fn(*args, **kwargs) in a thread that ends when it returns, so the main thread keeps no OpenMP team (the
+    synchronous twin of the registry's `in_own_thread`, which the event loop awaits)."""
     box = {}
 
     def run():
@@ -238,7 +239,7 @@ def main(argv=None) -> int:
             if system_name == "transformers":
                 from serving_peers import TransformersContinuousBatching
                 try:
-                    peer = in_own_thread(TransformersContinuousBatching, args.base, threads=args.threads,
+                    peer = run_in_own_thread(TransformersContinuousBatching, args.base, threads=args.threads,
                                          max_batch=max(args.clients), device=args.device)
                 except Exception as e:  # a peer that cannot start must not cost the engine's results
                     errors.append(f"transformers: {type(e).__name__}: {e}")
@@ -252,10 +253,10 @@ def main(argv=None) -> int:
                 system, count = Peer(), len
                 closer = peer.close
             else:
-                model, _ = in_own_thread(load_model, args.base, args.device, precision)
+                model, _ = run_in_own_thread(load_model, args.base, args.device, precision)
                 lm = LM(model, no_stop)
                 if system_name == "engine":
-                    bounds[precision] = {n: round(in_own_thread(raw_decode_tok_s, model, n), 1) for n in args.clients}
+                    bounds[precision] = {n: round(run_in_own_thread(raw_decode_tok_s, model, n), 1) for n in args.clients}
                     print(f"bare model decode tok/s by batch ({precision}): {bounds[precision]}", flush=True)
                 system = EngineSystem(lm, max(args.clients), args.kv_cache_mb) if system_name == "engine" else OneAtATime(lm)
                 count, closer = count_text, system.close

@@ -54,6 +54,7 @@ from llm.tokenizer import TokenizerError
 # set (2010's texts), less favours today's messages; 2 was chosen on both (README, spam results: the recipes tried).
 UCI_REPEAT = 2
 
+
 def classifier_from_base(base: str, num_classes: int = 2, dropout: float | None = None) -> GPTClassifier:
     from llm.weights import load_model
 
@@ -151,11 +152,14 @@ def train(args) -> dict:
 
     device, rng, tok = start(args)
     data_dir = Path(args.data_dir) / args.split_set
-    train_rows = (read_split(data_dir / "train.csv") * args.uci_repeat + synthetic_rows(args.synthetic, args.seed)
-                  + (authored_rows("train") if args.authored else []))
-    for path in args.extra_train or ():
-        train_rows += read_labelled(path)
-    val_rows = validation_rows(data_dir, args.synthetic, args.seed, args.authored, args.extra_validation or ())
+    parts = {"UCI": read_split(data_dir / "train.csv") * args.uci_repeat,
+             "synthetic": synthetic_rows(args.synthetic, args.seed),
+             "authored": authored_rows("train") if args.authored else [],
+             "extra": [row for path in args.extra_train or () for row in read_labelled(path)]}
+    train_rows = [row for rows in parts.values() for row in rows]
+    extra_validation = [str(Path(p).resolve()) for p in args.extra_validation or ()]  # `calibrate` may run elsewhere
+    val_rows = validation_for(data_dir, {"synthetic_per_category": args.synthetic, "seed": args.seed,
+                                         "authored": args.authored, "extra_validation": extra_validation})
     base = resolve_base(args.base)
     model = classifier_from_base(base, dropout=args.dropout)
     context = model.config.n_positions
@@ -176,13 +180,14 @@ def train(args) -> dict:
                 "train": args.train, "last_blocks": args.last_blocks if args.train == "last" else None,
                 "split_set": args.split_set, "lr": args.lr, "batch_size": args.batch_size, "epochs": args.epochs,
                 "average": args.average, "dtype": args.dtype, "extra_train": args.extra_train,
-                "extra_validation": args.extra_validation,
+                "extra_validation": extra_validation or None,
                 "synthetic_per_category": args.synthetic, "authored": args.authored, "uci_repeat": args.uci_repeat,
                 "noise": args.noise, "seed": args.seed}
     amp_dtype = autocast_dtype(args.dtype, device)
     print(f"base {base}; training {args.train} ({n_trainable / 1e6:.2f}M of {model.num_parameters() / 1e6:.1f}M parameters); "
-          f"{len(train_rows)} train / {len(val_seqs)} validation messages from {data_dir} (with {args.synthetic} synthetic "
-          f"per category, finetune/sms_synth.py; noise {args.noise}); max length {max_length} tokens; device {device}; "
+          f"{len(train_rows)} train messages ({', '.join(f'{len(rows)} {name}' for name, rows in parts.items() if rows)}; "
+          f"UCI from {data_dir} x {args.uci_repeat}) / {len(val_seqs)} validation; noise {args.noise}; max length "
+          f"{max_length} tokens; device {device}; "
           f"autocast {amp_dtype or 'off'}")
     settings = LoopSettings(epochs=args.epochs, eval_every=args.eval_every, patience=args.patience, average=args.average)
     result = fit(model, trainer, settings, opt, sched, device=device, total_steps=total_steps, amp_dtype=amp_dtype)
@@ -206,14 +211,20 @@ def train(args) -> dict:
     return metrics
 
 
+def validation_for(data_dir: Path, meta: dict) -> list[tuple[str, str]]:
+    """The validation mix a checkpoint is chosen and calibrated on, from the data settings its metadata records
+    (`train` writes them, `calibrate` reads them back)."""
+    return validation_rows(data_dir, meta.get("synthetic_per_category") or 0, meta.get("seed", 123),
+                           bool(meta.get("authored")), meta.get("extra_validation") or ())
+
+
 def run_calibrate(args) -> dict:
     from llm.checkpoint import read_config
     from llm.spam import CREATE_HINT
     ckpt = Path(args.checkpoint or clf_path_default())
     meta = read_config(ckpt, CREATE_HINT).get("metadata", {})
     split_set = args.split_set or meta.get("split_set") or "natural"
-    rows = validation_rows(Path(args.data_dir) / split_set, meta.get("synthetic_per_category") or 0, meta.get("seed", 123),
-                           bool(meta.get("authored")), meta.get("extra_validation") or ())
+    rows = validation_for(Path(args.data_dir) / split_set, meta)
     return calibrate_checkpoint(ckpt, rows, target_precision=args.target_precision, threshold=args.threshold,
                                 device=args.device, bpe_dir=args.bpe_dir)
 
@@ -287,8 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="add the messages of today written by four independent authors (finetune/data/sms_authored.csv): "
                          "their train part to training, their validation part to validation")
     tr.add_argument("--uci-repeat", type=positive_int, default=UCI_REPEAT, metavar="N",
-                    help="each UCI training message appears N times per epoch, so that the messages of today do not "
-                         "outweigh 2010's")
+                    help="each UCI training message appears N times per epoch: more keeps the natural (2010) test "
+                         "set's accuracy beside the messages of today, less favours today's")
     tr.add_argument("--extra-train", action="append", default=None, metavar="CSV",
                     help="more labelled messages (columns label,text; repeatable), e.g. the spam corrections "
                          "users made in the app: python -m finetune.feedback export")

@@ -209,6 +209,28 @@ def test_a_load_on_request_runs_in_a_thread_that_ends():
     assert run(load_then_check()) is False and loaders[0] is not threading.main_thread()
 
 
+def test_in_own_thread_hands_back_errors_and_outlives_a_cancelled_caller():
+    from llm.serving.registry import in_own_thread
+
+    async def scenario():
+        loop_errors = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: loop_errors.append(context))
+        with pytest.raises(ZeroDivisionError):
+            await in_own_thread(lambda: 1 / 0)
+        gate, finished = threading.Event(), threading.Event()
+        task = asyncio.create_task(in_own_thread(lambda: (gate.wait(5), finished.set())))
+        await asyncio.sleep(0.05)
+        task.cancel()  # the caller goes away while the thread still works
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        gate.set()
+        await asyncio.to_thread(finished.wait, 5)
+        await asyncio.sleep(0.1)  # the thread's result reaches the loop: settling a cancelled future must not fail
+        return finished.is_set(), loop_errors
+
+    assert run(scenario()) == (True, [])
+
+
 @pytest.mark.parametrize("conversations", [True, False], ids=["trained-on-conversations", "single-exchanges"])
 def test_answers_stream_and_the_previous_exchange_is_carried_if_the_model_was_trained_for_it(make_runtime, tokenizer,
                                                                                             conversations):

@@ -325,6 +325,33 @@ def test_train_with_target_precision_stores_a_threshold_reaching_it(tiny_checkpo
     assert meta["calibration"]["val_nll_after"] <= meta["calibration"]["val_nll_before"] + 1e-12
 
 
+def test_train_adds_authored_messages_repeats_uci_ones_and_validates_on_extra_files(tiny_checkpoint, tokenizer, tmp_path):
+    """The default data mix, end to end on a tiny model: the UCI rows --uci-repeat times, the authored train part in
+    training and its validation part in validation, an --extra-validation file there too; `calibrate` rebuilds the
+    same validation mix from the checkpoint's metadata."""
+    import math
+
+    _write_data(tmp_path / "data", {"train": synthetic_rows(24, 8), "validation": synthetic_rows(24, 8)})
+    extra = tmp_path / "more_validation.csv"
+    write_split(synthetic_rows(6, 2), extra)
+    ck = tmp_path / "ck"
+    args = cli.build_parser().parse_args([
+        "train", "--device", "cpu", "--synthetic", "0", "--uci-repeat", "2", "--extra-validation", str(extra),
+        "--data-dir", str(tmp_path / "data"), "--base", str(tiny_checkpoint), "--max-length", "32", "--epochs", "1",
+        "--batch-size", "8", "--eval-every", "1000", "--average", "0", "--out", str(ck)])
+    metrics = cli.train(args)
+    authored_train, authored_val = len(spam_data.authored_rows("train")), len(spam_data.authored_rows("validation"))
+    assert metrics["steps"] == math.ceil((2 * 32 + authored_train) / 8)
+    meta = json.loads((ck / "config.json").read_text())["metadata"]
+    assert meta["authored"] is True and meta["uci_repeat"] == 2 and meta["extra_validation"] == [str(extra.resolve())]
+    assert meta["calibration"]["messages"] == 32 + authored_val + 8
+    assert cli.main(["calibrate", "--checkpoint", str(ck), "--data-dir", str(tmp_path / "data"), "--device", "cpu"]) == 0
+    assert json.loads((ck / "config.json").read_text())["metadata"]["calibration"]["messages"] == 32 + authored_val + 8
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(SystemExit):
+            cli.build_parser().parse_args(["train", "--uci-repeat", bad])
+
+
 def test_train_threshold_flag_is_stored_and_bad_values_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["train", "--threshold", "1"])

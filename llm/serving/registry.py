@@ -157,7 +157,7 @@ async def in_own_thread(fn: Callable[..., Any], *args) -> Any:
     the load's torch ops created, and libgomp lets its workers spin between parallel ops only while it manages
     no more threads than there are CPUs. With one such idle team beside the engine's, every parallel op of the
     engine waits for a futex wake-up (on the 2-core CPU, with the model loaded by a thread that stayed alive, one
-    int8 stream decoded at 103 tok/s instead of 180: `benchmarks/engine_profile.py`)."""
+    int8 stream decoded at 103 tok/s instead of 183: `benchmarks/engine_profile.py`)."""
     loop = asyncio.get_running_loop()
     future = loop.create_future()
 

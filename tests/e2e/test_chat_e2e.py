@@ -106,8 +106,8 @@ RECORD_RENDERS = """() => { window.__renders = []; window.__times = [];
       .observe(document.body, {subtree: true, childList: true, characterData: true}); }""" % ASSISTANT_MSG
 
 
-def wait_for_answer(page, settle_s: float = 1.5) -> None:
-    """Wait until the last answer is complete: the Stop button gone and the text unchanged for `settle_s`.
+def wait_for_answer(page, settle_s: float = 2.0) -> None:
+    """Wait until the last answer is complete: the Stop button gone and its text non-empty and unchanged for `settle_s`.
 
     The Stop button alone is not enough: Chainlit shows it only after the "first_interaction" event, which it sends
     from a background task once the new thread's queued writes reach the history store; when those writes are slow
@@ -118,8 +118,9 @@ def wait_for_answer(page, settle_s: float = 1.5) -> None:
     last, since = None, time.monotonic()
     while True:
         expect(page.locator("#stop-button")).to_have_count(0, timeout=max(1, deadline - time.monotonic()) * 1000)
-        text, now = page.locator(ASSISTANT_MSG).last.inner_text(), time.monotonic()
-        if text != last:
+        text = page.locator(ASSISTANT_MSG).last.inner_text(timeout=max(1, deadline - time.monotonic()) * 1000)
+        now = time.monotonic()
+        if text != last or not text.strip():
             last, since = text, now
         elif now - since >= settle_s:
             return
