@@ -157,9 +157,10 @@ def train(args) -> dict:
              "authored": authored_rows("train") if args.authored else [],
              "extra": [row for path in args.extra_train or () for row in read_labelled(path)]}
     train_rows = [row for rows in parts.values() for row in rows]
-    extra_validation = [str(Path(p).resolve()) for p in args.extra_validation or ()]  # `calibrate` may run elsewhere
-    val_rows = validation_for(data_dir, {"synthetic_per_category": args.synthetic, "seed": args.seed,
-                                         "authored": args.authored, "extra_validation": extra_validation})
+    # what decides the validation mix, recorded in the metadata so that `calibrate` rebuilds it (possibly elsewhere)
+    data_settings = {"synthetic_per_category": args.synthetic, "seed": args.seed, "authored": args.authored,
+                     "extra_validation": [str(Path(p).resolve()) for p in args.extra_validation or ()] or None}
+    val_rows = validation_for(data_dir, data_settings)
     base = resolve_base(args.base)
     model = classifier_from_base(base, dropout=args.dropout)
     context = model.config.n_positions
@@ -180,9 +181,7 @@ def train(args) -> dict:
                 "train": args.train, "last_blocks": args.last_blocks if args.train == "last" else None,
                 "split_set": args.split_set, "lr": args.lr, "batch_size": args.batch_size, "epochs": args.epochs,
                 "average": args.average, "dtype": args.dtype, "extra_train": args.extra_train,
-                "extra_validation": extra_validation or None,
-                "synthetic_per_category": args.synthetic, "authored": args.authored, "uci_repeat": args.uci_repeat,
-                "noise": args.noise, "seed": args.seed}
+                "uci_repeat": args.uci_repeat, "noise": args.noise, **data_settings}
     amp_dtype = autocast_dtype(args.dtype, device)
     print(f"base {base}; training {args.train} ({n_trainable / 1e6:.2f}M of {model.num_parameters() / 1e6:.1f}M parameters); "
           f"{len(train_rows)} train messages ({', '.join(f'{len(rows)} {name}' for name, rows in parts.items() if rows)}; "
