@@ -62,13 +62,18 @@ def _eight_word_runs(text: str) -> list[tuple[str, ...]]:
 
 
 # Challenge messages allowed to share a run of eight words with the default synthetic messages (sha256 of the text,
-# first 12 hex digits): none for the sets written by the templates' author; a few for the blind sets 3-5, whose
+# first 12 hex digits): none for the sets written by the templates' author; a few for the blind sets 3-6, whose
 # independent authors converged on the same stock phrases (finetune/data/README.md quotes set 3's). No other message
 # may join them, and none may share one with the authored training messages (those that did were left out).
 SHARED_EIGHT_WORD_RUNS = {"sms_challenge.csv": set(), "sms_challenge_2.csv": set(),
                           "sms_challenge_3.csv": {"132f65d108ed", "326a4a6ab81b", "3fc7d180bf46", "5ee6cc370eb9"},
                           "sms_challenge_4.csv": {"3c16a8f2a66d", "e3b7f5709025", "f7fa468ae6ec"},
-                          "sms_challenge_5.csv": {"94fd447960d8"}}
+                          "sms_challenge_5.csv": {"94fd447960d8"},
+                          "sms_challenge_6.csv": {"bb6765103d3a", "dfa968c282db"}}
+
+
+def test_every_challenge_set_is_checked_for_shared_runs():
+    assert set(SHARED_EIGHT_WORD_RUNS) == {p.name for p in CHALLENGE_FILE.parent.glob("sms_challenge*.csv")}
 
 
 @pytest.mark.parametrize("name", sorted(SHARED_EIGHT_WORD_RUNS))
@@ -113,13 +118,14 @@ def test_cli_writes_a_csv(tmp_path, capsys):
 
 
 def test_authored_messages_are_balanced_per_author_split_and_new():
-    """finetune/data/sms_authored.csv: four authors, half spam each, a validation fifth, no duplicates, one label per
+    """finetune/data/sms_authored.csv: eight authors, half spam each, a validation fifth, no duplicates, one label per
     category, and its README table matches."""
     import collections
 
     with open(AUTHORED_FILE, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) >= 800 and {r["split"] for r in rows} == {"train", "validation"}
+    assert len(rows) >= 1600 and len({r["author"] for r in rows}) == 8
+    assert {r["split"] for r in rows} == {"train", "validation"}
     for author in {r["author"] for r in rows}:
         mine = [r for r in rows if r["author"] == author]
         assert 0.4 <= sum(r["label"] == "spam" for r in mine) / len(mine) <= 0.6, author

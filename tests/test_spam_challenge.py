@@ -44,8 +44,7 @@ def test_the_first_challenge_set_is_large_balanced_and_categorised():
     assert all(n >= 8 for n in Counter(cat for _, _, cat in rows).values())
 
 
-CHALLENGE_FILES = [cli.CHALLENGE_FILE.with_name(name) for name in
-                   ("sms_challenge.csv", "sms_challenge_2.csv", "sms_challenge_3.csv", "sms_challenge_4.csv", "sms_challenge_5.csv")]
+CHALLENGE_FILES = sorted(cli.CHALLENGE_FILE.parent.glob("sms_challenge*.csv"))
 
 
 @pytest.mark.parametrize("path", CHALLENGE_FILES, ids=lambda p: p.name)
