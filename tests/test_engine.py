@@ -17,7 +17,7 @@ import torch
 from llm.config import GPTConfig
 from llm.generate import GenerationSettings, generate
 from llm.model import GPT
-from llm.serving.engine import EngineBusy, GenerationEngine
+from llm.serving.engine import EngineBusy, GenerationEngine, _decode_mask
 from llm.serving.kv import slot_bytes, slots_for
 from llm.serving.limits import EngineLimits
 
@@ -201,6 +201,15 @@ def test_kv_memory_is_bounded_and_stated():
     assert slots_for(mini, torch.float32, max_running=32, budget_mb=2048) == 32  # 1.25 GiB
     assert slots_for(gpt2, torch.float32, max_running=32, budget_mb=2048) == 28
     assert slots_for(gpt2, torch.float32, max_running=32, budget_mb=10) == 1  # never zero
+
+
+def test_decode_mask_is_none_when_every_row_sees_the_whole_span_else_additive():
+    """Rows of one length decode mask-free, as a lone `generate` does; otherwise row i sees 0..positions[i]."""
+    assert _decode_mask(torch.tensor([4, 4]), 5, torch.float32) is None
+    mask = _decode_mask(torch.tensor([1, 4]), 5, torch.bfloat16)
+    assert mask.shape == (2, 1, 1, 5) and mask.dtype == torch.bfloat16
+    assert torch.equal(mask[:, 0, 0] == 0, torch.tensor([[True, True, False, False, False], [True] * 5]))
+    assert torch.isinf(mask[0, 0, 0, 2:]).all()
 
 
 def test_classification_interleaves_with_decoding(model, tokenizer, prompts):
