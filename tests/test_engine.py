@@ -203,9 +203,7 @@ def test_kv_memory_is_bounded_and_stated():
     assert slots_for(gpt2, torch.float32, max_running=32, budget_mb=10) == 1  # never zero
 
 
-def test_decode_mask_is_none_when_every_row_sees_the_whole_span_else_additive():
-    """Rows of one length decode mask-free, as a lone `generate` does; otherwise row i sees 0..positions[i]."""
-    assert _decode_mask(torch.tensor([4, 4]), 5, torch.float32) is None
+def test_decode_mask_lets_each_row_see_its_own_positions():
     mask = _decode_mask(torch.tensor([1, 4]), 5, torch.bfloat16)
     assert mask.shape == (2, 1, 1, 5) and mask.dtype == torch.bfloat16
     assert torch.equal(mask[:, 0, 0] == 0, torch.tensor([[True, True, False, False, False], [True] * 5]))

@@ -304,8 +304,9 @@ class GenerationEngine:
         # (a done row may sit at the context's end: clamp its throw-away position into the cache)
         positions = torch.tensor([min(s.length, self._cache.context - 1) for s in rows], device=device)
         span = int(positions.max()) + 1
-        h = model.transform(tokens, positions[:, None], self._cache.decode_view(positions, span),
-                            _decode_mask(positions, span, self._cache.keys[0].dtype), False)
+        aligned = bool((positions == span - 1).all())  # every row sees the whole span
+        mask = None if aligned else _decode_mask(positions, span, self._cache.keys[0].dtype)
+        h = model.transform(tokens, positions[:, None], self._cache.decode_view(positions, span, aligned), mask, False)
         logits = model.lm_head(h[live, -1])
         greedy = logits.argmax(dim=-1).tolist()  # one op for every greedy row; sampled rows draw their own
         self.steps += 1
@@ -416,14 +417,11 @@ class GenerationEngine:
             self._queued_texts -= len(job.texts) - len(job.results)
 
 
-def _decode_mask(positions: torch.Tensor, span: int, dtype: torch.dtype) -> torch.Tensor | None:
-    """The attention mask of one decode step: row i sees cache positions 0..positions[i].
-
-    None when every row sees the whole span (one stream, or rows of equal length): that is the mask-free
-    call a lone `generate` makes, so the step runs the same kernel path. Otherwise an additive float mask,
-    built once here rather than converted from a boolean one in each layer's attention."""
-    if bool((positions == span - 1).all()):
-        return None
+def _decode_mask(positions: torch.Tensor, span: int, dtype: torch.dtype) -> torch.Tensor:
+    """The attention mask of a decode step whose rows have different lengths: row i sees positions
+    0..positions[i]. An additive mask, built once per step rather than converted from a boolean one in
+    each layer's attention. (When every row sees the whole span, the step passes no mask at all: the
+    mask-free call a lone `generate` makes.)"""
     visible = torch.arange(span, device=positions.device)[None, :] <= positions[:, None]
     mask = torch.zeros(visible.shape, dtype=dtype, device=positions.device)
     return mask.masked_fill_(~visible, float("-inf"))[:, None, None, :]

@@ -42,8 +42,9 @@ class SlotCache:
     def prefill_view(self, slot: int, start: int) -> "_PrefillView":
         return _PrefillView(self, slot, start)
 
-    def decode_view(self, positions: torch.Tensor, span: int) -> "_DecodeView":
-        return _DecodeView(self, positions, span)
+    def decode_view(self, positions: torch.Tensor, span: int, aligned: bool) -> "_DecodeView":
+        """`aligned`: every row's position is span - 1 (one stream, or rows of one length)."""
+        return _DecodeView(self, positions, span, aligned)
 
 
 class _PrefillView:
@@ -63,13 +64,15 @@ class _PrefillView:
 class _DecodeView:
     """One new token for each of the first B slots, written at that row's own position."""
 
-    def __init__(self, cache: SlotCache, positions: torch.Tensor, span: int):
+    def __init__(self, cache: SlotCache, positions: torch.Tensor, span: int, aligned: bool):
         self.cache, self.positions, self.span = cache, positions, span
-        self.rows = torch.arange(len(positions), device=positions.device)
+        # rows at one position take a plain slice copy; otherwise an indexed write (a costlier kernel)
+        self.where = (slice(None, len(positions)), slice(None), span - 1) if aligned else \
+            (torch.arange(len(positions), device=positions.device), slice(None), positions)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         n = len(self.positions)
         keys, values = self.cache.keys[layer], self.cache.values[layer]
-        keys[self.rows, :, self.positions] = k[:, :, 0]
-        values[self.rows, :, self.positions] = v[:, :, 0]
+        keys[self.where] = k[:, :, 0]
+        values[self.where] = v[:, :, 0]
         return keys[:n, :, :self.span], values[:n, :, :self.span]
