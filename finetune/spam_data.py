@@ -11,7 +11,7 @@ from finetune.sms_synth import generate
 from llm.spam import LABELS, SpamDataError, deduplicate, fetch_data, make_splits, read_collection, read_split, write_split
 
 DATA_DIR = "data/sms_spam"
-# Messages of today written for training by four independent authors, each with a train/validation split:
+# Messages of today written for training by eight independent authors, each with a train/validation split:
 # provenance and rules in finetune/data/README.md.
 AUTHORED_FILE = Path(__file__).resolve().parent / "data" / "sms_authored.csv"
 

@@ -93,8 +93,9 @@ def plot_reliability(curves: dict[str, Sequence[float]], y: Sequence[int], path:
 # eval: the held-out challenge set and the robustness variants
 # ---------------------------------------------------------------------------------------------
 
-# The default challenge set: the newest one written blind and scored once (finetune/data/README.md has all five).
-CHALLENGE_FILE = Path(__file__).resolve().parent / "data" / "sms_challenge_5.csv"
+# The default challenge set: the newest one written blind (to the issue's own brief) and scored once
+# (finetune/data/README.md has all six).
+CHALLENGE_FILE = Path(__file__).resolve().parent / "data" / "sms_challenge_6.csv"
 
 
 def read_challenge(path: str | Path) -> list[tuple[str, str, str]]:
