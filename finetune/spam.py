@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--patience", type=int, default=0,
                     help="stop after this many validation passes without improvement; 0 = train the whole schedule "
                          "(the default: with 4, training stopped inside the first epoch on a noisy validation accuracy "
-                         "and today's messages lost 2-4 points; see the README)")
+                         "and today's messages lost 1-3 points; see the README)")
     tr.add_argument("--seed", type=int, default=123, help="for the head's initialisation and the batch order")
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     tr.add_argument("--device", default=None, help="cuda, mps or cpu (default: $LLM_DEVICE, else the best available)")

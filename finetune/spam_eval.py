@@ -93,7 +93,7 @@ def plot_reliability(curves: dict[str, Sequence[float]], y: Sequence[int], path:
 # eval: the held-out challenge set and the robustness variants
 # ---------------------------------------------------------------------------------------------
 
-# The default challenge set: the newest one written blind (to the issue's own brief) and scored once
+# The default challenge set: the newest one written blind (to the issue's own brief), scored after the recipe was chosen
 # (finetune/data/README.md has all six).
 CHALLENGE_FILE = Path(__file__).resolve().parent / "data" / "sms_challenge_6.csv"
 
