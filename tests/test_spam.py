@@ -26,6 +26,9 @@ from finetune import spam_data, spam_eval
 ROOT = Path(__file__).resolve().parents[1]
 TINY = GPTConfig(n_layer=2, n_head=2, n_embd=32, n_positions=128)
 
+# `train` on the test's own split files only: no synthetic or authored messages, each UCI row once
+TRAIN_ON_THE_SPLIT_ONLY = ["train", "--device", "cpu", "--synthetic", "0", "--no-authored", "--uci-repeat", "1"]
+
 
 def synthetic_rows(n_ham=60, n_spam=20):
     ham = [("ham", f"see you at {i} o'clock, ok?") for i in range(n_ham)]
@@ -177,7 +180,7 @@ def test_train_cli_saves_the_weight_average_as_a_loadable_classifier(what, tiny_
     for split in ("train", "validation"):
         write_split(synthetic_rows(24, 8), tmp_path / "data/natural" / f"{split}.csv")
     args = cli.build_parser().parse_args([
-        "train", "--device", "cpu", "--synthetic", "0", "--no-authored", "--uci-repeat", "1", "--data-dir", str(tmp_path / "data"), "--base", str(tiny_checkpoint), "--train", what,
+        *TRAIN_ON_THE_SPLIT_ONLY, "--data-dir", str(tmp_path / "data"), "--base", str(tiny_checkpoint), "--train", what,
         "--epochs", "1", "--batch-size", "8", "--eval-every", "2", "--average", "0.9", "--out", str(tmp_path / "ck")])
     metrics = cli.train(args)
     assert metrics["steps"] == 4 and metrics["config"]["average"] == 0.9
@@ -203,7 +206,7 @@ def test_finetune_briefly_on_real_messages(base_model_dir, tokenizer, tmp_path):
         with open(f, "w", newline="", encoding="utf-8") as out:
             csv.writer(out).writerows(rows)
     args = cli.build_parser().parse_args([
-        "train", "--device", "cpu", "--synthetic", "0", "--no-authored", "--uci-repeat", "1", "--data-dir", str(tmp_path / "data"), "--split-set", "balanced",
+        *TRAIN_ON_THE_SPLIT_ONLY, "--data-dir", str(tmp_path / "data"), "--split-set", "balanced",
         "--base", str(base_model_dir), "--max-length", "64", "--train", "last", "--last-blocks", "1", "--lr", "2e-4",
         "--weight-decay", "0", "--batch-size", "8", "--epochs", "1", "--out", str(tmp_path / "ck"),
         "--eval-every", "15", "--patience", "10", "--dropout", "0.1"])
@@ -308,7 +311,7 @@ def test_train_with_target_precision_stores_a_threshold_reaching_it(tiny_checkpo
     rows = synthetic_rows(48, 16)
     _write_data(tmp_path / "data", {"train": rows, "validation": synthetic_rows(30, 10)})
     args = cli.build_parser().parse_args([
-        "train", "--device", "cpu", "--synthetic", "0", "--no-authored", "--uci-repeat", "1", "--data-dir", str(tmp_path / "data"), "--base", str(tiny_checkpoint),
+        *TRAIN_ON_THE_SPLIT_ONLY, "--data-dir", str(tmp_path / "data"), "--base", str(tiny_checkpoint),
         "--epochs", "2", "--batch-size", "8", "--lr", "1e-3", "--eval-every", "4", "--average", "0",
         "--target-precision", "0.95", "--out", str(tmp_path / "ck")])
     metrics = cli.train(args)
