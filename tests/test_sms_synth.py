@@ -69,7 +69,7 @@ SHARED_EIGHT_WORD_RUNS = {"sms_challenge.csv": set(), "sms_challenge_2.csv": set
                           "sms_challenge_3.csv": {"132f65d108ed", "326a4a6ab81b", "3fc7d180bf46", "5ee6cc370eb9"},
                           "sms_challenge_4.csv": {"3c16a8f2a66d", "e3b7f5709025", "f7fa468ae6ec"},
                           "sms_challenge_5.csv": {"94fd447960d8"},
-                          "sms_challenge_6.csv": {"bb6765103d3a", "dfa968c282db"}}
+                          "sms_challenge_6.csv": {"bb6765103d3a", "dfa968c282db"}, "sms_challenge_7.csv": set()}
 
 
 def test_every_challenge_set_is_checked_for_shared_runs():
