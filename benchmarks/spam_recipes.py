@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -100,7 +101,7 @@ def run_all(args) -> dict:
                    "--device", args.device, "--dtype", "fp32", "--seed", str(seed), *RECIPES[recipe]]
             score_cmd = [sys.executable, __file__, "--score", str(work / name), "--device", args.device]
             log = open(work / f"{name}.log", "w")
-            shell = " ".join(map(_quote, cmd)) + " && " + " ".join(map(_quote, score_cmd))
+            shell = shlex.join(cmd) + " && " + shlex.join(score_cmd)
             running[name] = subprocess.Popen(shell, shell=True, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         if queue and time.time() - t0 >= args.stop_launching_after:
             print(f"not launched (--stop-launching-after): {queue}", flush=True)
@@ -123,11 +124,6 @@ def run_all(args) -> dict:
     if "G" in args.recipes and "old" in args.recipes:
         results.update(soups(work, args.seeds, args.device))
     return results
-
-
-def _quote(s: str) -> str:
-    import shlex
-    return shlex.quote(s)
 
 
 def table(results: dict) -> str:
