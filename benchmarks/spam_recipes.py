@@ -146,14 +146,17 @@ def table(results: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", help="base model directory (default: $LLM_BASE)", default=os.environ.get("LLM_BASE"))
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    p.add_argument("--seeds", nargs="+", type=int, default=[123, 1, 2])
+    p.add_argument("--device", default="cuda", help="where every run trains and is scored (default: %(default)s)")
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES), metavar="NAME",
+                   help=f"which of RECIPES (default: all: {', '.join(RECIPES)})")
+    p.add_argument("--seeds", nargs="+", type=int, default=[123, 1, 2], help="default: 123 1 2")
     p.add_argument("--parallel", type=int, default=8, help="trainings at once on the device")
-    p.add_argument("--threads-per-run", type=int, default=2)
-    p.add_argument("--stop-launching-after", type=float, default=float("inf"), metavar="SECONDS")
+    p.add_argument("--threads-per-run", type=int, default=2, help="OMP_NUM_THREADS of each run (default: 2)")
+    p.add_argument("--stop-launching-after", type=float, default=float("inf"), metavar="SECONDS",
+                   help="start no run after this long (for a device lent by the minute); running ones finish")
     p.add_argument("--work-dir", default="/tmp/spam_recipes", help="where the runs' checkpoints and logs go")
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/spam_recipes.json"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/spam_recipes.json"),
+                   help="results JSON; the table goes beside it as .md")
     p.add_argument("--score", default=None, help=argparse.SUPPRESS)  # internal: score one finished run
     args = p.parse_args(argv)
     if args.score:
