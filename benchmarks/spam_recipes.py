@@ -46,20 +46,25 @@ RULE = ("a recipe replaces the default (G) only if its mean development errors a
 
 def scored_sets() -> dict[str, list[tuple[str, str]]]:
     """The development sets (DEV_SETS) and set 3, reported beside."""
-    from finetune.spam_eval import read_challenge
+    from finetune.spam_data import DATA_DIR
+    from finetune.spam_eval import CHALLENGE_FILE, read_challenge
     from llm.spam import read_split
-    sets = {"natural_val": read_split(ROOT / "data/sms_spam/natural/validation.csv")}
+    sets = {"natural_val": read_split(ROOT / DATA_DIR / "natural" / "validation.csv")}
     for k in (3, 4, 5):
-        sets[f"set{k}"] = [(lab, t) for lab, t, _ in read_challenge(ROOT / f"finetune/data/sms_challenge_{k}.csv")]
+        rows = read_challenge(CHALLENGE_FILE.with_name(f"sms_challenge_{k}.csv"))
+        sets[f"set{k}"] = [(lab, t) for lab, t, _ in rows]
     return sets
 
 
 def score(clf, sets) -> dict:
+    """Errors and false positives per set at the classifier's own threshold, and the development total."""
+    from finetune.spam_eval import scores
+    from llm.spam import LABELS
     out: dict = {}
     for name, rows in sets.items():
-        labels = [lab for lab, _ in clf.classify([t for _, t in rows])]
-        out[name] = {"errors": sum(a != y for a, (y, _) in zip(labels, rows)),
-                     "fp": sum(a == "spam" and y == "ham" for a, (y, _) in zip(labels, rows)), "n": len(rows)}
+        predicted = [LABELS.index(lab) for lab, _ in clf.classify([t for _, t in rows])]
+        c = scores([LABELS.index(y) for y, _ in rows], predicted)["confusion"]
+        out[name] = {"errors": c["fp"] + c["fn"], "fp": c["fp"], "n": len(rows)}
     out["dev"] = sum(out[k]["errors"] for k in DEV_SETS)
     return out
 
