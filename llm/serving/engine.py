@@ -302,9 +302,10 @@ class GenerationEngine:
         # which its next prefill chunk overwrites (or nobody reads); its output is ignored.
         tokens = torch.tensor([[s.result.ids[-1] if s.state == "decode" else 0] for s in rows], device=device)
         # (a done row may sit at the context's end: clamp its throw-away position into the cache)
-        positions = torch.tensor([min(s.length, self._cache.context - 1) for s in rows], device=device)
-        span = int(positions.max()) + 1
-        aligned = bool((positions == span - 1).all())  # every row sees the whole span
+        where = [min(s.length, self._cache.context - 1) for s in rows]
+        positions = torch.tensor(where, device=device)
+        span = max(where) + 1  # from the Python list: no tensor reduction (a device sync on a GPU) per step
+        aligned = all(p == span - 1 for p in where)  # every row sees the whole span
         mask = None if aligned else _decode_mask(positions, span, self._cache.keys[0].dtype)
         h = model.transform(tokens, positions[:, None], self._cache.decode_view(positions, span, aligned), mask, False)
         logits = model.lm_head(h[live, -1])
