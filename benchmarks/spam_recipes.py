@@ -1,6 +1,7 @@
 """Spam-classifier recipes, several seeds each, scored on the development sets only (issue #18).
 
     python benchmarks/spam_recipes.py --base DIR --device cuda [--parallel 8] [--seeds 123 1 2] [--recipes G noise0 ...]
+    python benchmarks/spam_recipes.py --combine RUN_SEED123 RUN_SEED1 RUN_SEED2 --device cpu   # ensemble and soup
 
 Each recipe is `python -m finetune.spam train` with the defaults plus a few flags (RECIPES); each run is scored on the
 development messages: the natural validation split (517) and challenge sets 4 and 5 (527), with set 3 beside. No test
@@ -58,15 +59,43 @@ def scored_sets() -> dict[str, list[tuple[str, str]]]:
 
 def score(clf, sets) -> dict:
     """Errors and false positives per set at the classifier's own threshold, and the development total."""
+    from llm.spam import LABELS
+    return score_predictions({name: [LABELS.index(lab) for lab, _ in clf.classify([t for _, t in rows])]
+                              for name, rows in sets.items()}, sets)
+
+
+def score_predictions(predicted: dict[str, list[int]], sets) -> dict:
+    """`score` for predicted class indices per set."""
     from finetune.spam_eval import scores
     from llm.spam import LABELS
     out: dict = {}
     for name, rows in sets.items():
-        predicted = [LABELS.index(lab) for lab, _ in clf.classify([t for _, t in rows])]
-        c = scores([LABELS.index(y) for y, _ in rows], predicted)["confusion"]
+        c = scores([LABELS.index(y) for y, _ in rows], predicted[name])["confusion"]
         out[name] = {"errors": c["fp"] + c["fn"], "fp": c["fp"], "n": len(rows)}
     out["dev"] = sum(out[k]["errors"] for k in DEV_SETS)
     return out
+
+
+def summary(r: dict) -> str:
+    return (f"development errors {r['dev']} (natural val {r['natural_val']['errors']}, set 4 {r['set4']['errors']}, "
+            f"set 5 {r['set5']['errors']}; set 3 {r['set3']['errors']})")
+
+
+def combine(dirs: list[Path], device: str) -> dict:
+    """Runs of one recipe at several seeds, alone and combined: the mean of their logits (an ensemble, one forward
+    per run) and the mean of their weights (a uniform soup, one forward), each decided at p_spam 0.5 (the default
+    threshold; a temperature does not move it)."""
+    from llm.spam import SpamClassifier
+    sets, clfs = scored_sets(), [SpamClassifier.load(d, device=device) for d in dirs]
+    logits_of = lambda clf: {name: clf.logits([t for _, t in rows]) for name, rows in sets.items()}  # noqa: E731
+    argmax = lambda logits: {name: lg.argmax(-1).tolist() for name, lg in logits.items()}  # noqa: E731
+    each = [logits_of(clf) for clf in clfs]
+    results = {str(d): score_predictions(argmax(lg), sets) for d, lg in zip(dirs, each)}
+    results["ensemble"] = score_predictions(argmax({n: sum(lg[n] for lg in each) / len(each) for n in sets}), sets)
+    states = [clf.model.state_dict() for clf in clfs]
+    clfs[0].model.load_state_dict({k: sum(s[k] for s in states) / len(states) for k in states[0]})
+    results["soup"] = score_predictions(argmax(logits_of(clfs[0])), sets)
+    return results
 
 
 def score_checkpoint(ckpt: Path, device: str) -> None:
@@ -128,9 +157,7 @@ def run_all(args) -> dict:
                 recipe, seed = name.rsplit("_s", 1)
                 results[name] = {"recipe": recipe, "seed": int(seed), **json.loads(dev.read_text())}
                 r = results[name]
-                print(f"{time.time() - t0:6.0f}s {name}: development errors {r['dev']} (natural val "
-                      f"{r['natural_val']['errors']}, set 4 {r['set4']['errors']}, set 5 {r['set5']['errors']}; "
-                      f"set 3 {r['set3']['errors']}); trained in {r['train_seconds']} s", flush=True)
+                print(f"{time.time() - t0:6.0f}s {name}: {summary(r)}; trained in {r['train_seconds']} s", flush=True)
             else:
                 failed.append(name)
                 print(f"{name} failed ({proc.returncode}); log {work / name}.log", flush=True)
@@ -186,10 +213,17 @@ def main(argv=None) -> int:
     p.add_argument("--work-dir", default="/tmp/spam_recipes", help="where the runs' checkpoints and logs go")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/spam_recipes.json"),
                    help="results JSON; the table goes beside it as .md")
+    p.add_argument("--combine", nargs="+", type=Path, metavar="CHECKPOINT",
+                   help="train nothing: score these runs (one recipe, several seeds) alone, as a logit ensemble and "
+                        "as a weight soup, on the development sets")
     p.add_argument("--score", default=None, help=argparse.SUPPRESS)  # internal: score one finished run
     args = p.parse_args(argv)
     if args.score:
         score_checkpoint(Path(args.score), args.device)
+        return 0
+    if args.combine:
+        for name, r in combine(args.combine, args.device).items():
+            print(f"{name}: {summary(r)}")
         return 0
     if not args.base:
         p.error("--base DIR or $LLM_BASE: the base model to fine-tune")
