@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Optional
 
 import chainlit as cl
 from chainlit.input_widget import Slider
@@ -18,13 +19,14 @@ import chainlit.server as chainlit_server
 from chainlit.server import UserParam
 from chainlit.server import app as fastapi_app
 from chainlit.types import DeleteFeedbackRequest, UpdateFeedbackRequest
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse
 from starlette.routing import Route
 
 from llm.serving import chat, history
 from llm.serving.chat import ASSISTANT_MODE, SPAM_MODE
 from llm.serving.engine import EngineBusy
+from llm.serving.limits import DISCONNECT_GRACE_S
 from llm.serving.runtime import ContextOverflow, ModelUnavailable, get_runtime
 
 # Chainlit warns on every page load that no chainlit_<language>.md exists: chainlit.md serves every language here.
@@ -32,6 +34,7 @@ logging.getLogger("chainlit").addFilter(lambda record: "Translated markdown file
 runtime = get_runtime()  # loads both models in the background, now
 store = history.open_store()  # conversations and feedback: $LLM_DATABASE_URL (default SQLite data/chat.db) or None
 last_mode: dict[str, str] = {}  # user -> the mode of their latest chat, so a reload opens where they were
+pending_stops: set[asyncio.Task] = set()  # on_chat_end's delayed stops
 
 STARTERS = {
     SPAM_MODE: [
@@ -152,6 +155,24 @@ async def on_stop():
             break
 
 
+@cl.on_chat_end
+async def on_chat_end():
+    """The socket closed (tab closed or reloaded, a new chat): unless it comes back within DISCONNECT_GRACE_S, stop
+    what this chat still runs, so an answer nobody reads frees its slot; it is saved as stopped, like Stop."""
+    session = cl.context.session
+    socket_id = session.socket_id  # a reconnecting socket restores the session under a new id
+
+    async def stop_if_gone():
+        await asyncio.sleep(DISCONNECT_GRACE_S)
+        task = session.current_task
+        if session.socket_id == socket_id and task is not None and not task.done():
+            task.cancel()
+
+    task = asyncio.ensure_future(stop_if_gone())
+    pending_stops.add(task)  # asyncio keeps only a weak reference to a task
+    task.add_done_callback(pending_stops.discard)
+
+
 @cl.on_message
 async def on_message(message: cl.Message):
     try:
@@ -170,7 +191,7 @@ async def on_message(message: cl.Message):
 async def _spam(message: cl.Message):
     files = [e for e in (message.elements or []) if getattr(e, "path", None)]
     for f in files:
-        status = cl.Message(content=f"⏳ Reading **{f.name}**…")
+        status = cl.Message(content=f"⏳ Reading **{chat.literal(f.name)}**…")
         await status.send()
 
         async def progress(done, total, seconds_left, status=status, name=f.name):
@@ -184,7 +205,7 @@ async def _spam(message: cl.Message):
             await status.update()
             continue
         except asyncio.CancelledError:  # Stop: say so instead of leaving "⏳ ... Press Stop to cancel"
-            status.content = f"⏹️ **{f.name}**: stopped; nothing was saved."
+            status.content = f"⏹️ **{chat.literal(f.name)}**: stopped; nothing was saved."
             await status.update()
             raise
         status.content = result.summary
@@ -255,6 +276,17 @@ async def owned_feedback_delete(request: Request, payload: DeleteFeedbackRequest
     return await chainlit_server.delete_feedback(request, payload, current_user)
 
 
+# --------------------------------------------------------------------------- uploads
+async def upload_unless_empty(current_user: UserParam, session_id: str, file: UploadFile,
+                              ask_parent_id: Optional[str] = None):
+    """Chainlit's upload, except that an empty file gets a 400 saying so, which the browser shows in its toast
+    (Chainlit's own route fails on it with a 500, shown as a bare "Upload failed")."""
+    if not await file.read(1):
+        raise HTTPException(status_code=400, detail=chat.empty_upload_error(file.filename or "That file"))
+    await file.seek(0)
+    return await chainlit_server.upload_file(current_user, session_id, file, ask_parent_id)
+
+
 # --------------------------------------------------------------------------- readiness for process managers
 async def ready(request):
     """200 once both models are loaded, else 503 with each model's state and the command that creates it.
@@ -264,10 +296,12 @@ async def ready(request):
     return JSONResponse({"status": "ready" if ok else "not ready", **health}, status_code=200 if ok else 503)
 
 
-# Chainlit's catch-all UI route would shadow a route appended now, and its own /feedback would answer first:
-# ours go to the front of the list.
+# Chainlit's catch-all UI route would shadow a route appended now, and its own /feedback and /project/file would
+# answer first: ours go to the front of the list.
 if not any(getattr(r, "path", None) == "/ready" for r in fastapi_app.router.routes):
     fastapi_app.router.routes.insert(0, Route("/ready", ready, methods=["GET"]))
+    fastapi_app.router.add_api_route(chainlit_server.router.prefix + "/project/file", upload_unless_empty, methods=["POST"])
+    fastapi_app.router.routes.insert(0, fastapi_app.router.routes.pop())
     if store is not None:
         for endpoint, method in ((owned_feedback_update, "PUT"), (owned_feedback_delete, "DELETE")):
             # under `--root-path /chat` Chainlit serves /chat/feedback: ours must shadow that path

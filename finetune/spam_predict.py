@@ -60,7 +60,7 @@ def predict(args) -> int:
     else:
         for t, v, e in zip(texts, results, explained):
             short = t if len(t) <= 70 else t[:67] + "..."
-            print(f"{v.label:4s}  {v.band:11s}  p_spam {format_probability(v.p_spam):>7s}  {short!r}")
+            print(f"{v.label:4s}  {v.band:11s}  p_spam {format_probability(v.p_spam, v.threshold):>7s}  {short!r}")
             if e is not None:
                 for side, words in (("towards spam", e.towards_spam()), ("towards ham", e.towards_ham())):
                     print(f"      {side}: " + (", ".join(f"{w!r} {x:+.3f}" for w, x in words) or "-"))

@@ -4,7 +4,7 @@
     clf = SpamClassifier.load()                 # $LLM_SPAM_CHECKPOINT or checkpoints/spam
     clf.classify(["WINNER!! Claim your prize"]) # -> [("spam", 0.99)]
 
-    clf.verdicts(["WINNER!! Claim your prize"]) # -> [Verdict(label="spam", p_spam=0.99, band="spam")]
+    clf.verdicts(["WINNER!! Claim your prize"]) # -> [Verdict(label="spam", p_spam=0.99, band="spam", threshold=0.5)]
 
 Operating point. A message is spam when p_spam >= the checkpoint's threshold: `metadata.threshold` in its
 config.json (written by `finetune.spam train`: SPAM_THRESHOLD, `--threshold T`, or the lowest threshold that
@@ -180,11 +180,12 @@ class Verdict(NamedTuple):
     label: str  # "spam" | "ham"
     p_spam: float  # calibrated
     band: str  # one of BANDS
+    threshold: float  # the operating point the label was decided at
 
     @classmethod
     def of(cls, p_spam: float, threshold: float) -> "Verdict":
         """The label and band of a calibrated p_spam at `threshold`: the one place they are derived."""
-        return cls(label_of(p_spam, threshold), p_spam, band_of(p_spam, threshold))
+        return cls(label_of(p_spam, threshold), p_spam, band_of(p_spam, threshold), threshold)
 
 
 class Explanation(NamedTuple):
@@ -237,13 +238,19 @@ def band_of(p_spam: float, threshold: float = SPAM_THRESHOLD) -> str:
     return "ham"
 
 
-def format_probability(p: float) -> str:
-    """A probability for people: one decimal, never "100.0%" or "0.0%" ("> 99.9%", "< 0.1%")."""
+def format_probability(p: float, threshold: float | None = None) -> str:
+    """A probability for people: one decimal, never "100.0%" or "0.0%" ("> 99.9%", "< 0.1%"). With the threshold
+    the verdict was decided at, never rounded onto or across it: 0.49982 at 0.5 reads "49.98%", not "50.0%"."""
     if p >= 0.9995:
         return "> 99.9%"
     if p < 0.0005:
         return "< 0.1%"
-    return f"{p:.1%}"
+    if threshold is None:
+        return f"{p:.1%}"
+    for digits in (1, 2, 3):
+        if (round(p * 100, digits) >= threshold * 100) == (p >= threshold):
+            return f"{p:.{digits}%}"
+    return ("< " if p < threshold else "≥ ") + f"{threshold:.1%}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,6 +368,6 @@ class SpamClassifier:
         return Explanation(p[0], [(w, p[0] - q) for (w, _), q in zip(words, p[1:])])
 
     def verdicts(self, texts: list[str], threshold: float | None = None) -> list[Verdict]:
-        """Verdict(label, p_spam, band) per text, at `threshold` (default: the checkpoint's)."""
+        """Verdict(label, p_spam, band, threshold) per text, at `threshold` (default: the checkpoint's)."""
         t = self.threshold if threshold is None else threshold
         return [Verdict.of(p, t) for p in self.p_spam(texts)]

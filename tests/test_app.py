@@ -183,6 +183,29 @@ async def test_stop_as_chainlit_does_it_leaves_a_finished_marked_answer_and_no_l
         assert models.engine.stats()["running"] == 0
 
 
+async def test_a_closed_tab_stops_its_answer_after_the_grace_unless_the_socket_comes_back(models, monkeypatch):
+    """Reload, closed tab or a new chat: Chainlit calls on_chat_end. The answer nobody reads stops and frees its slot,
+    saved as stopped; a socket that reconnects in time (the session restored under a new socket id) keeps it."""
+    monkeypatch.setattr(app, "DISCONNECT_GRACE_S", 0.05)
+    with chainlit_context("Assistant") as em:
+        session = app.cl.context.session
+        task = await a_long_answer_streaming(em)
+        session.socket_id, session.current_task = "socket-1", task
+        await app.on_chat_end()
+        session.socket_id = "socket-2"  # a network blip: the same session, back under a new socket
+        await asyncio.sleep(0.2)
+        assert not task.done()
+        await app.on_chat_end()  # now it is gone for good
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+        assert sent_texts(em)[-1].endswith("_⏹️ Stopped._")
+        for _ in range(200):  # the scheduler frees the slot at its next iteration
+            if models.engine.stats()["running"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert models.engine.stats()["running"] == 0 and not app.pending_stops
+
+
 async def test_busy_users_are_told_how_many_are_ahead(make_runtime, monkeypatch):
     runtime = make_runtime(max_running=1)
     monkeypatch.setattr(app, "runtime", runtime)
@@ -249,6 +272,26 @@ async def test_bad_upload_gets_a_clear_reply(models, tmp_path, name, data, expec
     texts = sent_texts(em)
     assert any(expected in t for t in texts), texts
     assert texts[-1].startswith("🔴 **Spam — 97.3%** spam probability")
+
+
+async def test_an_empty_upload_is_refused_in_words_not_with_a_500(models, monkeypatch):
+    """Chainlit's upload route fails on an empty file with a 500 (the browser says "Upload failed"); the app's answers
+    400 with a reason, which the browser shows in its toast. A file with content still goes through."""
+    from starlette.testclient import TestClient
+
+    from chainlit.server import app as fastapi_app
+
+    with chainlit_context("Spam check"):
+        session = app.cl.context.session
+    session.files_dir, session.files_spec = Path(tempfile.mkdtemp()), {}
+    client = TestClient(fastapi_app)
+    monkeypatch.setattr(WebsocketSession, "get_by_id", Mock(return_value=session))
+    r = client.post("/project/file", params={"session_id": session.id},
+                    files={"file": ("empty.csv", b"", "text/csv")})
+    assert r.status_code == 400 and r.json()["detail"].startswith("empty.csv is empty: there is nothing in it")
+    r = client.post("/project/file", params={"session_id": session.id},
+                    files={"file": ("one.csv", b"text\nhello\n", "text/csv")})
+    assert r.status_code == 200 and r.json() == {"id": "file-1"}
 
 
 async def test_missing_checkpoint_tells_the_command_and_keeps_running(monkeypatch, make_runtime):

@@ -39,6 +39,24 @@ def test_format_verdict_names_the_band_and_never_says_100_percent():
     assert chat.format_verdict("ham", 0.35, "unsure") == "🟡 **Unsure — 35.0%** spam probability (counted as ham)"
 
 
+def test_a_probability_never_reads_as_the_threshold_it_fell_short_of():
+    from llm.spam import Verdict
+    assert chat.format_verdict(*Verdict.of(0.499816, 0.5)) == (
+        "🟡 **Unsure — 49.98%** spam probability (counted as ham)")  # not "50.0% ... (counted as ham)"
+    assert chat.format_verdict(*Verdict.of(0.4999999, 0.5)).startswith("🟡 **Unsure — < 50.0%**")
+    assert chat.format_verdict(*Verdict.of(0.5, 0.5)).startswith("🟠 **Likely spam — 50.0%**")
+    assert chat.format_verdict(*Verdict.of(0.7, 0.8)).startswith("🟡 **Unsure — 70.0%**")
+
+
+def test_user_text_in_a_reply_is_shown_as_typed_never_as_markdown():
+    """A message's Markdown (links, images, emphasis, table pipes) must not become the bot's: escaped, after the cut."""
+    shown = chat.literal("FREE prize [x](http://evil.co) ![a](http://t.co/p.png) *now* a|b <b>")
+    assert shown == ("FREE prize \\[x\\]\\(http\\://evil\\.co\\) \\!\\[a\\]\\(http\\://t\\.co/p\\.png\\) "
+                     "\\*now\\* a\\|b \\<b\\>")
+    assert chat.literal("x" * 30 + "[", 24) == "x" * 23 + "…"  # cut first, so no escape is cut in half
+    assert chat.literal("two\nlines") == "two lines"
+
+
 def test_the_verdict_line_uses_the_classifier_threshold_and_bands(make_runtime):
     class Calibrated(KeywordClassifier):
         threshold = 0.3
@@ -88,7 +106,7 @@ def test_csv_upload_gets_label_and_probability_columns(make_runtime):
     assert [r["id"] for r in rows] == ["1", "2", "3"]  # original columns kept
     assert [(r["label"], r["spam_probability"]) for r in rows] == [("spam", "0.9730"), ("ham", "0.0120"), ("", "")]
     assert result.filename == "inbox-labelled.csv" and result.n_rows == 2 and result.n_spam == 1
-    assert "1 empty rows skipped" in result.summary
+    assert "1 empty row skipped" in result.summary
     assert "| 1 | 🔴 **Spam — 97.3%** spam probability | Win a prize now |" in result.summary  # row 1, shown in the chat
     assert "see you later" not in result.summary and "**inbox-labelled.csv**" in result.summary  # full name, not cut
 

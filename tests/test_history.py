@@ -142,6 +142,34 @@ def test_each_user_lists_only_their_own_threads_and_feedback_checks_the_owner(db
     run(scenario())
 
 
+def test_the_versions_of_a_message_saved_at_once_land_in_the_order_they_were_made(sqlite_url):
+    """Chainlit saves each send/update/remove of a message in a task nobody awaits. Here the thread upsert that starts
+    each save is slow for the earlier versions (as on a busy database): the stored message must still be its last
+    version, and a removed message must stay removed."""
+    store = history.open_store(sqlite_url)
+    thread_id, _ = run(_thread(store, "ana", chat.SPAM_MODE, [("hello", "🟢 ham")]))
+    update_thread, delays = store.update_thread, iter([0.2, 0.1, 0.0, 0.2])
+
+    async def slow_update_thread(*args, **kwargs):
+        await asyncio.sleep(next(delays, 0.0))
+        return await update_thread(*args, **kwargs)
+
+    store.update_thread = slow_update_thread
+    summary, notice = str(uuid.uuid4()), str(uuid.uuid4())
+
+    async def scenario():
+        saves = [_create_step(store, _step(thread_id, "assistant_message", text, 5, step_id=summary))
+                 for text in ("⏳ Reading a.csv…", "⏳ a.csv: 64 / 100", "a.csv: 100 messages classified")]
+        saves += [_create_step(store, _step(thread_id, "assistant_message", "⏳ Busy", 6, step_id=notice)),
+                  history.HistoryStore.delete_step.__wrapped__(store, notice)]
+        await asyncio.gather(*(asyncio.create_task(s) for s in saves))
+        return {s["id"]: s["output"] for s in (await store.get_thread(thread_id))["steps"]}
+
+    stored = run(scenario())
+    assert stored[summary] == "a.csv: 100 messages classified" and notice not in stored
+    assert store._step_writes == {}  # nothing kept once the writes are done
+
+
 def test_a_database_that_goes_read_only_mid_session_is_counted_and_recovers(sqlite_url, tmp_path):
     """The fault as SQLite users meet it (a read-only file; tests run as root, where chmod does not stop writes,
     so the file is opened read-only): nothing raises, each failure is counted, later writes work again."""

@@ -13,6 +13,7 @@ import hmac
 import io
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,18 +67,19 @@ def busy_notice(place: int) -> str:
 BAND_ICONS = {"spam": "🔴", "likely spam": "🟠", "unsure": "🟡", "ham": "🟢"}
 
 
-def format_verdict(label: str, p_spam: float, band: str | None = None) -> str:
+def format_verdict(label: str, p_spam: float, band: str | None = None, threshold: float | None = None) -> str:
     """E.g. "🔴 **Spam — 97.3%** spam probability"; the colour is the visual cue.
 
     With a band (llm.spam.band_of) the verdict names it: "🟠 **Likely spam — 72.0%** ...", and "unsure" says which
-    way it was counted. Probabilities never read "100.0%" or "0.0%" (llm.spam.format_probability)."""
+    way it was counted. Probabilities never read "100.0%" or "0.0%", nor round onto the threshold the label was
+    decided at (llm.spam.format_probability)."""
     from llm.spam import format_probability
 
     if band is None:
         band = "spam" if label == "spam" else "ham"
     icon = BAND_ICONS.get(band, "🔴" if label == "spam" else "🟢")
     note = f" (counted as {label})" if band == "unsure" else ""
-    return f"{icon} **{band.capitalize()} — {format_probability(p_spam)}** spam probability{note}"
+    return f"{icon} **{band.capitalize()} — {format_probability(p_spam, threshold)}** spam probability{note}"
 
 
 def split_messages(text: str) -> list[str]:
@@ -99,9 +101,21 @@ def check_spam_text(text: str) -> list[str]:
     return messages
 
 
-def _short(text: str, n: int = 60) -> str:
-    text = text.replace("|", "\\|")
-    return text if len(text) <= n else text[: n - 1] + "…"
+def plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:=&])")
+
+
+def literal(text: str, n: int | None = None) -> str:
+    """User text (a message, a word, a file name) as Markdown that shows it as typed: cut to n characters first,
+    then every Markdown character escaped, so it never becomes a link, an image, a table cell break or emphasis
+    (a scam's URL is shown, not made clickable); line breaks become spaces."""
+    text = " ".join(text.split())
+    if n is not None and len(text) > n:
+        text = text[: n - 1] + "…"
+    return MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
 @dataclass
@@ -131,7 +145,7 @@ async def spam_reply(runtime, text: str) -> Reply:
 
 def verdict_table(rows) -> list[str]:
     """Markdown lines of a verdict table; rows are (number, message, verdict tuple)."""
-    return ["| # | verdict | message |", "|---|---|---|", *(f"| {i} | {format_verdict(*v)} | {_short(m)} |" for i, m, v in rows)]
+    return ["| # | verdict | message |", "|---|---|---|", *(f"| {i} | {format_verdict(*v)} | {literal(m, 60)} |" for i, m, v in rows)]
 
 
 EXPLAIN_SHOWN = 3  # words shown each way under a verdict
@@ -141,7 +155,7 @@ EXPLAIN_MIN_EFFECT = 0.005  # smaller effects (half a percentage point) are nois
 def explanation_text(explanation) -> str:
     """The words under a verdict: "Why: towards spam **prize** +41 pts, ...; towards ham **dinner** −3 pts"."""
     def words(pairs):
-        return ", ".join(f"**{_short(w, 24)}** {d * 100:+.0f} pts".replace("-", "−") for w, d in pairs
+        return ", ".join(f"**{literal(w, 24)}** {d * 100:+.0f} pts".replace("-", "−") for w, d in pairs
                          if abs(d) >= EXPLAIN_MIN_EFFECT)
     spam, ham = words(explanation.towards_spam(EXPLAIN_SHOWN)), words(explanation.towards_ham(EXPLAIN_SHOWN))
     parts = [f"⬆️ towards spam: {spam}" if spam else "", f"⬇️ towards ham: {ham}" if ham else ""]
@@ -178,6 +192,11 @@ def read_upload(name: str, data: bytes) -> tuple[list[str], list[dict[str, str |
         raise InputError(str(e)) from None
 
 
+def empty_upload_error(name: str) -> str:
+    return (f"{name} is empty: there is nothing in it to classify. Attach a CSV or TXT file with one message per "
+            "line (or a `text` column).")
+
+
 Progress = Callable[[int, int, float], Awaitable[None]]  # (rows done, rows in all, seconds left)
 
 
@@ -210,11 +229,12 @@ async def classify_upload(runtime, name: str, data: bytes, progress: Progress | 
     stem = Path(name).stem
     spam_rows = sorted((i for i, (label, _) in verdicts.items() if label == "spam"), key=lambda i: -verdicts[i][1])
     shown = [(i + 1, messages[i], verdicts[i]) for i in spam_rows[:UPLOAD_SPAM_SHOWN]]
-    more = f"\n\n…and {len(spam_rows) - len(shown):,} more spam rows in the file." if len(spam_rows) > len(shown) else ""
-    summary = (f"**{stem}**: {len(verdicts):,} messages classified — {n_spam:,} spam, {len(verdicts) - n_spam:,} ham"
-               + (f" ({len(messages) - len(verdicts):,} empty rows skipped)" if len(verdicts) < len(messages) else "")
+    more = f"\n\n…and {plural(len(spam_rows) - len(shown), 'more spam row')} in the file." if len(spam_rows) > len(shown) else ""
+    summary = (f"**{literal(stem)}**: {plural(len(verdicts), 'message')} classified — {n_spam:,} spam, "
+               f"{len(verdicts) - n_spam:,} ham"
+               + (f" ({plural(len(messages) - len(verdicts), 'empty row')} skipped)" if len(verdicts) < len(messages) else "")
                + (("\n\nMost likely spam (row, verdict, message):\n\n" + "\n".join(verdict_table(shown)) + more) if shown else "")
-               + f"\n\nEvery row with its label: **{stem}-labelled.csv** below.")
+               + f"\n\nEvery row with its label: **{literal(stem)}-labelled.csv** below.")
     return FileResult(out.getvalue().encode("utf-8"), f"{stem}-labelled.csv", len(verdicts), n_spam, summary)
 
 
@@ -317,7 +337,7 @@ def resumed_mode(thread: dict) -> str:
 
 def progress_text(name: str, done: int, total: int, seconds_left: float) -> str:
     eta = f"about {seconds_left:.0f} s left" if seconds_left >= 1 else "almost done"
-    return f"⏳ **{name}**: {done:,} / {total:,} messages classified ({done / total:.0%}), {eta}. Press Stop to cancel."
+    return f"⏳ **{literal(name)}**: {done:,} / {total:,} messages classified ({done / total:.0%}), {eta}. Press Stop to cancel."
 
 
 # --------------------------------------------------------------------------- who is talking

@@ -9,16 +9,20 @@ The schema is this module's job: `MIGRATIONS` is an ordered list; `migrate` reco
 `schema_version` and applies the missing ones in order, each in its own transaction, at start-up. A new column
 is a new migration at the end of the list, never an edit of an old one.
 
-`HistoryStore` is Chainlit's `SQLAlchemyDataLayer` with three fixes:
+`HistoryStore` is Chainlit's `SQLAlchemyDataLayer` with four fixes:
   - SQLite takes no Python list or dict as a parameter (thread `tags`, step `modes`): they are stored as JSON text;
   - JSON columns come back as strings from SQLite (and from asyncpg), booleans as 0/1 from SQLite: both are
     decoded on the way out;
   - the base class logs and swallows every database error, so a conversation could stop being saved without
     anyone knowing. Here each failure is counted (`failures`, `last_error`) and the user whose write failed is
-    told once per `NOTICE_EVERY_S` with a toast; the chat goes on, and later writes are tried again as usual.
+    told once per `NOTICE_EVERY_S` with a toast; the chat goes on, and later writes are tried again as usual;
+  - Chainlit saves a message's versions in tasks nobody awaits, which could land out of order: the writes of one
+    message are applied in the order they were made.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
+from chainlit.data.utils import queue_until_user_message
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
@@ -165,6 +170,7 @@ class HistoryStore(SQLAlchemyDataLayer):
         self.failures = 0
         self.last_error: str | None = None
         self._noticed: dict[str, float] = {}  # session id -> when it was last told
+        self._step_writes: dict[str, list] = {}  # step id -> [lock, writes waiting or running] (_in_order)
 
     def _bind(self, parameters: dict) -> dict:
         # A dict (step "modes") is JSON on both; a list (thread "tags") is a TEXT[] on PostgreSQL, JSON on SQLite.
@@ -198,6 +204,34 @@ class HistoryStore(SQLAlchemyDataLayer):
                           " ".join(query.split())[:120])
                 await self._tell_user()
                 return None
+
+    # ------------------------------------------------------------------ one step's writes land in the order made
+    # Chainlit saves each send/update/remove of a message in a task of its own that nobody awaits, and a save first
+    # upserts the thread (several queries), so a message sent and updated at once could be stored as the older
+    # version (an upload's "Reading..." instead of its summary, a verdict without its "Why"). The writes of one step
+    # take a lock in the order they were made (tasks start in creation order; asyncio's lock is first come, first
+    # served), so the last version written is the last one made.
+    @contextlib.asynccontextmanager
+    async def _in_order(self, step_id):
+        entry = self._step_writes.setdefault(step_id, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._step_writes[step_id]
+
+    @queue_until_user_message()
+    async def create_step(self, step_dict):  # also what update_step calls
+        async with self._in_order(step_dict.get("id")):
+            await SQLAlchemyDataLayer.create_step.__wrapped__(self, step_dict)
+
+    @queue_until_user_message()
+    async def delete_step(self, step_id: str):
+        async with self._in_order(step_id):
+            return await SQLAlchemyDataLayer.delete_step.__wrapped__(self, step_id)
 
     async def _tell_user(self) -> None:
         """A toast to the session whose write failed (the write runs in a task that carries its context)."""

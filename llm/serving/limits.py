@@ -55,6 +55,8 @@ PASTE_MAX_CHARS = 20_000  # one paste in Spam check; longer: upload a file
 FILE_MAX_ROWS = 20_000  # rows classified per uploaded file
 FILE_MAX_BYTES = 5 * 1024 * 1024  # also the upload limit in .chainlit/config.toml
 HISTORY_EXCHANGES = 1  # earlier (question, answer) pairs the app carries into the next prompt
+DISCONNECT_GRACE_S = 10.0  # a closed tab, reload or new chat stops that chat's answer or upload after this long,
+# unless its socket came back (a network blip): the API stops a request at once when its client goes (no reconnects)
 
 # The API only: it receives whole conversations in one JSON body.
 MAX_BODY_BYTES = 2 * 1024 * 1024  # any request body; larger -> 413 before parsing

@@ -73,7 +73,7 @@ class Runtime:
         return await self.engine.classify(classifier, list(texts))
 
     async def verdicts(self, texts: Sequence[str], threshold: float | None = None) -> list:
-        """llm.spam.Verdict(label, p_spam, band) per text, batched like `classify`. `threshold` overrides the
+        """llm.spam.Verdict(label, p_spam, band, threshold) per text, batched like `classify`. `threshold` overrides the
         checkpoint's operating point for this call (labels and bands move; probabilities do not)."""
         from llm.spam import SPAM_THRESHOLD, Verdict
 
