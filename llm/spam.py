@@ -218,6 +218,11 @@ def occlusions(text: str, limit: int | None = None) -> list[tuple[str, str]]:
     return out
 
 
+def explanation(words: Sequence[str], p: Sequence[float]) -> Explanation:
+    """The Explanation from the calibrated p_spam of `explain_rows`' rows (the message first)."""
+    return Explanation(p[0], [(w, p[0] - q) for w, q in zip(words, p[1:])])
+
+
 def valid_threshold(value) -> bool:
     """A threshold is a real number strictly between 0 and 1 (not a bool, not NaN)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 < value < 1
@@ -331,7 +336,15 @@ class SpamClassifier:
     def logits(self, texts: Sequence[str]) -> torch.Tensor:
         """Raw (uncalibrated) logits, (len(texts), 2) float32 on the CPU, columns in `labels` order, in batches.
         Raises ValueError on an empty text."""
-        seqs = [encode(self.tokenizer, t, self.max_length) for t in texts]
+        return self.logits_of_ids([encode(self.tokenizer, t, self.max_length) for t in texts])
+
+    def row_tokens(self, text: str) -> int:
+        """How many tokens of `text` the classifier reads (what a forward pass costs per row; the engine's budget)."""
+        return len(self.tokenizer.encode(text)[:self.max_length]) or 1
+
+    @torch.no_grad()
+    def logits_of_ids(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+        """`logits` of token id rows (each at most max_length long)."""
         device = next(self.model.parameters()).device
         out = []
         for i in range(0, len(seqs), self.batch_size):
@@ -357,15 +370,20 @@ class SpamClassifier:
     def explain(self, text: str) -> Explanation:
         """Each word's effect on the calibrated p_spam, by occlusion, in one batched forward pass (see the module
         docstring). Raises ValueError on an empty text."""
+        words, seqs = self.explain_rows(text)
+        batch, mask = collate(seqs, self.tokenizer.eot_id, self.max_length)
+        device = next(self.model.parameters()).device
+        return explanation(words, self.probabilities(self.model(batch.to(device), attention_mask=mask.to(device)).float().cpu()))
+
+    def explain_rows(self, text: str) -> tuple[list[str], list[list[int]]]:
+        """The words `explain` occludes and the token rows it scores: the message, then the message without each
+        word. (The serving engine scores these rows in its shared batches and calls `explanation`.)"""
         ids = encode(self.tokenizer, text, self.max_length)
         # Only the start the classifier reads is occluded: the unread rest never reaches the model.
         kept = len(self.tokenizer.decode(ids))
         words = occlusions(text[:kept], EXPLAIN_MAX_WORDS)
-        seqs = [ids] + [self.tokenizer.encode(v)[:self.max_length] or [self.tokenizer.eot_id] for _, v in words]
-        batch, mask = collate(seqs, self.tokenizer.eot_id, self.max_length)
-        device = next(self.model.parameters()).device
-        p = self.probabilities(self.model(batch.to(device), attention_mask=mask.to(device)).float().cpu())
-        return Explanation(p[0], [(w, p[0] - q) for (w, _), q in zip(words, p[1:])])
+        return [w for w, _ in words], [ids] + [self.tokenizer.encode(v)[:self.max_length] or [self.tokenizer.eot_id]
+                                                 for _, v in words]
 
     def verdicts(self, texts: list[str], threshold: float | None = None) -> list[Verdict]:
         """Verdict(label, p_spam, band, threshold) per text, at `threshold` (default: the checkpoint's)."""

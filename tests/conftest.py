@@ -59,7 +59,9 @@ def base_model_dir() -> Path:
 
 # ----------------------------------------------------------------------------- serving: stand-ins and runtimes
 class KeywordClassifier:
-    """Stands in for SpamClassifier's contract (classify(list[str]) -> [(label, p_spam)]), recording calls."""
+    """Stands in for SpamClassifier's serving contract, recording calls: classify(list[str]) -> [(label, p_spam)],
+    and for explanations explain_rows / logits_of_ids / probabilities, with text rows instead of token rows
+    (the message, then the message without each word: "prize" carries the verdict)."""
 
     def __init__(self):
         self.calls: list[list[str]] = []
@@ -68,11 +70,15 @@ class KeywordClassifier:
         self.calls.append(list(texts))
         return [("spam", 0.973) if "prize" in t.lower() else ("ham", 0.012) for t in texts]
 
-    def explain(self, text):
-        """The same rule, explained: "prize" carries the verdict."""
-        from llm.spam import Explanation
-        p = self.classify([text])[0][1]
-        return Explanation(p, [(w, 0.961 if "prize" in w.lower() else 0.0) for w in text.split()])
+    def explain_rows(self, text):
+        words = text.split()
+        return words, [text] + [" ".join(words[:i] + words[i + 1:]) for i in range(len(words))]
+
+    def logits_of_ids(self, rows):
+        return list(rows)
+
+    def probabilities(self, rows):
+        return [p for _, p in self.classify(rows)]
 
 
 def tiny_instruction_model(tokenizer, n_positions: int = 256):

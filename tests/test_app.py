@@ -186,18 +186,21 @@ async def test_stop_as_chainlit_does_it_leaves_a_finished_marked_answer_and_no_l
 async def test_a_closed_tab_stops_its_answer_after_the_grace_unless_the_socket_comes_back(models, monkeypatch):
     """Reload, closed tab or a new chat: Chainlit calls on_chat_end. The answer nobody reads stops and frees its slot,
     saved as stopped; a socket that reconnects in time (the session restored under a new socket id) keeps it."""
-    monkeypatch.setattr(app, "DISCONNECT_GRACE_S", 0.05)
+    monkeypatch.setattr(app, "DISCONNECT_GRACE_S", 0.02)
     with chainlit_context("Assistant") as em:
         session = app.cl.context.session
         task = await a_long_answer_streaming(em)
-        session.socket_id, session.current_task = "socket-1", task
-        await app.on_chat_end()
-        session.socket_id = "socket-2"  # a network blip: the same session, back under a new socket
-        await asyncio.sleep(0.2)
-        assert not task.done()
-        await app.on_chat_end()  # now it is gone for good
+        with models.engine._lock:  # the scheduler is paused: the answer cannot end on its own meanwhile
+            session.socket_id, session.current_task = "socket-1", task
+            await app.on_chat_end()
+            session.socket_id = "socket-2"  # a network blip: the same session, back under a new socket
+            await asyncio.sleep(0.2)
+            assert not task.done()
+            await app.on_chat_end()  # now it is gone for good
+            await asyncio.sleep(0.2)
+            assert task.done()
         with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(task, 5)
+            await task
         assert sent_texts(em)[-1].endswith("_⏹️ Stopped._")
         for _ in range(200):  # the scheduler frees the slot at its next iteration
             if models.engine.stats()["running"] == 0:

@@ -273,22 +273,36 @@ def test_other_precisions_batch_too(model, tokenizer, prompts, tmp_path, precisi
     engine.close()
 
 
-def test_a_costly_classifier_takes_one_text_per_iteration():
-    """A classifier-like object may ask for smaller batches (explanations: one long forward pass per text)."""
-    engine = GenerationEngine(EngineLimits(classify_batch=32))
-    calls = []
+def test_a_forward_pass_stays_within_the_token_budget_and_jobs_take_turns():
+    """Rows x the longest row <= classify_tokens per pass (at least one row, however long), and a short job
+    submitted behind a long one is served at the next pass, not after the long one."""
+    engine = GenerationEngine(EngineLimits(classify_batch=32, classify_tokens=100))
+    passes = []
 
-    class Costly:
-        max_batch = 1
+    class Counted:
+        @staticmethod
+        def row_tokens(text):
+            return len(text)
 
         def classify(self, texts):
-            calls.append(len(texts))
+            passes.append(list(texts))
             return [("ham", 0.1)] * len(texts)
 
-    async def main():
-        return await engine.classify(Costly(), ["a", "b", "c"])
+    clf = Counted()
 
-    assert len(asyncio.run(main())) == 3 and calls == [1, 1, 1]
+    async def main():
+        with engine._lock:  # the scheduler waits until both jobs are in line (the lock is re-entrant)
+            long_job = asyncio.ensure_future(engine.classify(clf, ["x" * 40] * 7 + ["y" * 300] + ["x" * 10] * 3))
+            await asyncio.sleep(0)
+            short_job = asyncio.ensure_future(engine.classify(clf, ["z" * 30]))
+            await asyncio.sleep(0)
+        return await long_job, await short_job
+
+    long_results, short_results = asyncio.run(asyncio.wait_for(main(), 10))
+    assert len(long_results) == 11 and len(short_results) == 1
+    assert all(len(p) * max(map(len, p)) <= 100 or len(p) == 1 for p in passes), passes
+    assert ["y" * 300] in passes  # over the budget alone: still classified, on its own
+    assert "z" * 30 in passes[1]  # the short job was served at the second pass, not after the long one
     engine.close()
 
 

@@ -10,8 +10,10 @@ every iteration of the scheduler thread
      whatever the batch, which is why many streams cost little more than one on a memory-bound CPU);
      each row is sampled with its own settings and seeded generator, and its text goes through its
      own `TextStream` (stop strings held back, UTF-8 never split);
-  4. classifies at most `classify_batch` waiting texts (the spam checks of the app and the API), so
-     a 20,000-row upload interleaves with everyone's chat instead of blocking it.
+  4. classifies at most `classify_batch` waiting texts, and at most `classify_tokens` padded tokens (the spam
+     checks and explanations of the app and the API), so a 20,000-row upload or a long message's explanation
+     interleaves with everyone's chat instead of blocking it; jobs take turns, so a short check is not stuck
+     behind a long one.
 
 A finished or cancelled sequence leaves at once and frees its slot; waiting requests join the batch
 at the next iteration. Callers hold a `Stream` (an async iterator of text pieces) or await
@@ -71,7 +73,7 @@ class _Sequence:
 
 @dataclass(eq=False)
 class _ClassifyJob:
-    classifier: Any  # has .classify(list[str]) -> [(label, p_spam)]
+    classifier: Any  # has .classify(list of texts or rows) -> one result each; may have .row_tokens(item) -> int
     texts: list[str]
     sink: Sink
     results: list = field(default_factory=list)
@@ -365,37 +367,39 @@ class GenerationEngine:
         seq.sink("done", seq.result)
 
     def _classify_some(self) -> None:
+        """One forward pass for the head job's classifier: up to classify_batch texts and classify_tokens padded
+        tokens (when the classifier can count them: `row_tokens`), from the jobs in line. The head job then goes to
+        the back of the line, so a long job (an upload, explanations) and a short one take turns."""
         with self._lock:  # (cancelled jobs have already left the queue: see cancel)
-            picked, n = [], 0
             head = self._jobs[0].classifier if self._jobs else None
-            batch = min(self.limits.classify_batch, getattr(head, "max_batch", self.limits.classify_batch))
+            offered, n = [], 0
             for job in self._jobs:  # one forward pass, for one classifier (a process has one)
-                if n >= batch:
+                if n >= self.limits.classify_batch:
                     break
-                if job.classifier is not head:
-                    continue
-                take = min(len(job.texts) - len(job.results), batch - n)
-                picked.append((job, take))
-                n += take
-        if not picked:
+                if job.classifier is head:
+                    texts = self._next_texts(job, self.limits.classify_batch - n)
+                    offered.append((job, texts))
+                    n += len(texts)
+        if not offered:
             return
+        picked = self._within_budget(head, offered)  # tokenizing happens here, outside the lock
         try:
-            verdicts = head.classify([t for job, take in picked for t in self._next_texts(job, take)])
+            verdicts = head.classify([t for _, texts in picked for t in texts])
         except Exception:  # one caller's bad text must not fail the others: each job again, alone
             verdicts = None
-        outcomes = []
-        for i, (job, take) in enumerate(picked):
+        outcomes, start = [], 0
+        for job, texts in picked:
             if verdicts is not None:
-                start = sum(t for _, t in picked[:i])
-                outcomes.append(verdicts[start:start + take])
+                outcomes.append(verdicts[start:start + len(texts)])
+                start += len(texts)
                 continue
             try:
-                outcomes.append(head.classify(self._next_texts(job, take)))
+                outcomes.append(head.classify(texts))
             except Exception as e:  # a bad input or a bug: this job fails, with the error
                 log.exception("classify failed")
                 outcomes.append(e)
         with self._lock:
-            for (job, take), outcome in zip(picked, outcomes):
+            for (job, texts), outcome in zip(picked, outcomes):
                 if job not in self._jobs:  # cancelled while it was being classified
                     continue
                 if isinstance(outcome, Exception):
@@ -403,10 +407,32 @@ class GenerationEngine:
                     job.sink("error", outcome)
                     continue
                 job.results.extend(outcome)
-                self._queued_texts -= take
+                self._queued_texts -= len(texts)
                 if len(job.results) == len(job.texts):
                     self._jobs.remove(job)
                     job.sink("done", job.results)
+            first = picked[0][0]
+            if first in self._jobs and len(self._jobs) > 1:  # unfinished: the others go first next time
+                self._jobs.remove(first)
+                self._jobs.append(first)
+
+    def _within_budget(self, classifier, offered: list) -> list:
+        """The longest prefix of the offered texts whose padded size (rows x the longest row) fits classify_tokens;
+        at least one text."""
+        count = getattr(classifier, "row_tokens", None)
+        picked, rows, longest = [], 0, 0
+        for job, texts in offered:
+            take = 0
+            for text in texts:
+                tokens = count(text) if count else 0
+                if rows and (rows + 1) * max(longest, tokens) > self.limits.classify_tokens:
+                    break
+                rows, longest, take = rows + 1, max(longest, tokens), take + 1
+            if take:
+                picked.append((job, texts[:take]))
+            if take < len(texts):
+                break
+        return picked
 
     @staticmethod
     def _next_texts(job: _ClassifyJob, take: int) -> list[str]:

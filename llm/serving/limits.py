@@ -17,6 +17,8 @@ class EngineLimits:
     kv_cache_mb: int = 2048  # memory for the KV cache; slots = min(max_running, this / one slot) [LLM_KV_CACHE_MB]
     prefill_chunk: int = 256  # prompt tokens prefilled per iteration, between decode steps [LLM_PREFILL_CHUNK]
     classify_batch: int = 32  # texts per classifier forward pass, across requests [LLM_CLASSIFY_BATCH]
+    classify_tokens: int = 512  # and at most this many padded tokens (rows x the longest row) per pass: how long one
+    # pass holds up the decode step (1,024 tokens: 0.22-0.27 s on a 2-core CPU with gpt2-mini) [LLM_CLASSIFY_TOKENS]
     classify_max_queued: int = 4096  # texts waiting for the classifier; more -> "busy" [LLM_CLASSIFY_MAX_QUEUED]
 
     @classmethod

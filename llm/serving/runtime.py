@@ -9,6 +9,7 @@ The chat app and the HTTP API both call these few methods; neither owns a model,
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from typing import Sequence
 
@@ -31,16 +32,20 @@ class ContextOverflow(ValueError):
         self.prompt_tokens, self.max_new_tokens, self.context = prompt_tokens, max_new_tokens, context
 
 
-class _Explainer:
-    """A classifier's `explain`, shaped as the engine's classify contract (one result per text). One text per
-    engine iteration: each is a forward pass of up to 129 rows, so running streams wait for one at most."""
-    max_batch = 1
+class _ExplanationRows:
+    """The token rows of explanations (SpamClassifier.explain_rows) shaped as the engine's classify contract:
+    p_spam per row. They go through the engine's shared batches and token budget like any text, so one long
+    message's 129 occlusions never hold up a decode step, or another caller's verdict, for more than one pass."""
 
     def __init__(self, classifier):
         self.classifier = classifier
 
-    def classify(self, texts: list[str]) -> list:
-        return [self.classifier.explain(t) for t in texts]
+    @staticmethod
+    def row_tokens(row: list[int]) -> int:
+        return len(row)
+
+    def classify(self, rows: list[list[int]]) -> list[float]:
+        return self.classifier.probabilities(self.classifier.logits_of_ids(rows))
 
 
 class Runtime:
@@ -83,10 +88,19 @@ class Runtime:
         return [Verdict.of(p, t) for _, p in results]
 
     async def explain(self, texts: Sequence[str]) -> list:
-        """llm.spam.Explanation per text (occlusion: one forward pass per text), queued in the engine like
-        `classify` so that it takes turns with every other caller's work."""
+        """llm.spam.Explanation per text (occlusion), its rows scored by the engine in turns with every other
+        caller's work. Raises ValueError on an empty text."""
+        from llm.spam import explanation
+
         classifier = await self.registry.get(SPAM_MODEL_ID)
-        return await self.engine.classify(_Explainer(classifier), list(texts))
+        # tokenizing up to 129 variants per text: off the event loop (no torch here, so no OpenMP team either)
+        prepared = await asyncio.to_thread(lambda: [classifier.explain_rows(t) for t in texts])
+        p = await self.engine.classify(_ExplanationRows(classifier), [row for _, rows in prepared for row in rows])
+        out, start = [], 0
+        for words, rows in prepared:
+            out.append(explanation(words, p[start:start + len(rows)]))
+            start += len(rows)
+        return out
 
     async def answer(self, instruction: str, history: Sequence[tuple[str, str]] = (), input: str = "",
                      settings: GenerationSettings | None = None, clamp: bool = False,
