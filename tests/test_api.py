@@ -289,6 +289,9 @@ def test_missing_checkpoint_means_not_ready_and_503_naming_the_command(spam_clie
 def test_a_number_is_a_valid_temperature_and_the_error_never_echoes_a_field_name(client):
     r = client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 2, "temperature": 1, "seed": 2**63 - 1})
     assert r.status_code == 200, r.text
+    nulls = {"model": None, "temperature": None, "n": None, "stream": None, "top_p": None, "seed": None}
+    r = client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 2, **nulls})  # OpenAI: null = default
+    assert r.status_code == 200 and r.json()["object"] == "chat.completion", r.text
     err = assert_error(client.post("/v1/chat/completions", json={"messages": USER, "x" * 100_000: 1}), (400, 400))
     assert "xxxxxxxxxx" in err["message"] and len(err["message"]) < 300
 
@@ -326,6 +329,8 @@ def test_api_key(spam_ckpt):
     with fastapi_testclient.TestClient(api.create_app(runtime, api_key="s3cret")) as c:
         assert c.get("/health").status_code == 200  # probes need no key
         assert_error(c.get("/v1/models"), (401, 401), "API key")
+        assert c.get("/v1/models").headers["www-authenticate"].startswith("Bearer")
+        assert c.head("/health").status_code == 200 and c.head("/ready").status_code in (200, 503)
         assert_error(c.post("/v1/classify", json={"texts": ["hi"]}, headers={"Authorization": "Bearer nope"}), (401, 401))
         assert c.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         r = c.post("/v1/classify", json={"texts": ["hi"]}, headers={"X-API-Key": "s3cret"})
@@ -468,6 +473,29 @@ def test_client_disconnect_mid_stream_frees_the_slot(live):
         assert engine["running"] == 0 and engine["waiting"] == 0
 
 
+def test_a_client_that_leaves_before_a_whole_answer_frees_the_slot(live):
+    """Not streamed: the client closes its socket while the answer is being written; the request is cancelled
+    within CLIENT_CHECK_S instead of running to max_tokens (and holding the slot) for nobody."""
+    import socket
+    from urllib.parse import urlparse
+    url, app, runtime = live
+    body = json.dumps({"messages": USER, "max_tokens": 900}).encode()
+    steps_before = runtime.engine.steps
+    where = urlparse(url)
+    with socket.create_connection((where.hostname, where.port)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k3y\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        deadline = time.monotonic() + 20
+        while not runtime.engine.stats()["running"]:
+            assert time.monotonic() < deadline, "the request never started"
+            time.sleep(0.01)
+    deadline = time.monotonic() + 20  # the socket is closed: the request must leave
+    while runtime.engine.stats()["running"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert runtime.engine.stats()["running"] == 0, "the slot was not given back"
+    assert runtime.engine.steps - steps_before < 800  # cancelled, not run to the end
+
+
 def test_a_full_queue_is_a_429_with_retry_after(spam_ckpt, instruct_ckpt):
     runtime = runtime_of(spam_loader(spam_ckpt), instruct_loader(instruct_ckpt), max_running=1, max_waiting=1)
     with fastapi_testclient.TestClient(api.create_app(runtime)) as c:
@@ -536,3 +564,15 @@ def test_classify_explain_returns_the_top_words(spam_client, spam_ckpt):
         assert [w["word"] for w in d["explanation"]["towards_spam"]] == [w for w, _ in e.towards_spam()]
         assert [w["word"] for w in d["explanation"]["towards_ham"]] == [w for w, _ in e.towards_ham()]
     assert_error(spam_client.post("/v1/classify", json={"texts": texts, "explain": 1}), (400, 400))
+    odd = json.dumps({"texts": ["free \ud800 prize"], "explain": True}).encode()  # a lone surrogate: valid JSON
+    r = spam_client.post("/v1/classify", content=odd, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    words = [w["word"] for side in r.json()["data"][0]["explanation"].values() for w in side]
+    assert "\ufffd" in words or len(words) < 3  # sent back as U+FFFD, when it is among the top words
+
+
+def test_the_probability_sent_never_contradicts_the_label_at_the_threshold(spam_client):
+    p = spam_client.post("/v1/classify", json={"texts": ["hi"]}).json()["data"][0]["p_spam"]
+    for threshold, label in ((p, "spam"), (min(p + 1e-12, 0.999999), "ham")):
+        d = spam_client.post("/v1/classify", json={"texts": ["hi"], "threshold": threshold}).json()["data"][0]
+        assert d["label"] == label and (d["p_spam"] >= threshold) == (label == "spam")

@@ -14,12 +14,13 @@ Routes (JSON in, JSON out; errors are {"error": {"message", "type", "param", "co
 Every request goes through `llm.serving.runtime.Runtime`, the same registry and continuous-batching
 engine as the chat app: chat completions join the engine's running batch (beyond its waiting queue:
 429 with Retry-After), classify requests share forward passes with every other caller's texts. A client
-that disconnects mid-stream cancels only its own request. Set $LLM_API_KEY to require
+that disconnects, mid-stream or while waiting for a whole answer, cancels only its own request. Set $LLM_API_KEY to require
 `Authorization: Bearer <key>` (or `X-API-Key: <key>`) on /v1/*. Bodies over MAX_BODY_BYTES get 413
 before they are parsed.
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -30,7 +31,7 @@ from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llm.generate import GenerationSettings
@@ -44,6 +45,7 @@ from llm.serving.runtime import ContextOverflow, ModelUnavailable, Runtime
 log = logging.getLogger("llm.api")
 
 API_KEY_ENV = "LLM_API_KEY"
+CLIENT_CHECK_S = 0.5  # how often a non-streamed request checks that its client is still connected
 
 
 class APIError(Exception):
@@ -102,7 +104,8 @@ class RequireKey:
             if not hmac.compare_digest(given.encode(), self.key.encode()):
                 denied = _error_response(401, "Missing or wrong API key: send 'Authorization: Bearer <key>' or "
                                               f"'X-API-Key: <key>' (the server's ${API_KEY_ENV}).",
-                                         "invalid_request_error", "invalid_api_key")
+                                         "invalid_request_error", "invalid_api_key",
+                                         headers={"WWW-Authenticate": 'Bearer realm="llm"'})
                 return await denied(scope, receive, send)
         return await self.app(scope, receive, send)
 
@@ -142,6 +145,32 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class ClientGone(Exception):
+    """The client of a non-streamed request disconnected before its answer was ready."""
+
+
+async def unless_client_leaves(request: Request, work):
+    """Await `work`, checking every CLIENT_CHECK_S that the client is still there; if it left, cancel `work` (its
+    engine request leaves at the next iteration, so an abandoned request stops holding a slot) and raise ClientGone.
+    (Streamed answers notice a gone client when a write fails.)"""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=CLIENT_CHECK_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise ClientGone
+    finally:
+        task.cancel()
+
+
+def as_text(word: str) -> str:
+    """A word cut from the client's text, safe to send back: an unpaired surrogate (valid in a JSON string, not in
+    UTF-8) becomes U+FFFD."""
+    return word.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def runtime_threshold(runtime) -> float:
@@ -189,23 +218,29 @@ def create_app(runtime: Runtime | None = None, api_key: str | None = None) -> Fa
         return _error_response(status, message, "invalid_request_error",
                                "invalid_json" if param == "json" else "invalid_value", None if param == "json" else param)
 
+    @app.exception_handler(ClientGone)
+    async def _client_gone(request: Request, e: ClientGone):  # nobody reads it; 499 is nginx's "client closed"
+        return Response(status_code=499)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException):
         # FastAPI's 400 "error parsing the body" (e.g. invalid UTF-8), 404, 405...
         detail = str(e.detail)
         if e.status_code == 400 and "parsing the body" in detail:
-            detail = "The request body could not be parsed: send JSON encoded as UTF-8."
+            detail = ("The request body could not be parsed: send uncompressed JSON encoded as UTF-8 (nesting over "
+                      "1,000 levels deep and integers of over 4,300 digits are refused too).")
         return _error_response(e.status_code, detail, "invalid_request_error", None, None,
                                getattr(e, "headers", None))
 
     app.add_middleware(BodyLimit)
     app.add_middleware(RequireKey, key=api_key)  # added last = runs first: no key, no body read
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
         return runtime.health()
 
-    @app.get("/ready", responses={503: {"description": "a model is not loaded (yet); the body says which and why"}})
+    @app.api_route("/ready", methods=["GET", "HEAD"],
+                   responses={503: {"description": "a model is not loaded (yet); the body says which and why"}})
     async def ready():
         h = runtime.health()
         return JSONResponse(h, status_code=200 if h["status"] == "ok" else 503)
@@ -218,23 +253,28 @@ def create_app(runtime: Runtime | None = None, api_key: str | None = None) -> Fa
 
     @app.post("/v1/classify", response_model=ClassifyResponse, response_model_exclude_none=True,
               responses=error_responses(400, 401, 413, 429, 503))
-    async def classify(req: ClassifyRequest):
-        results = await runtime.verdicts(req.texts, req.threshold)
-        threshold = req.threshold if req.threshold is not None else runtime_threshold(runtime)
-        data = [{"index": i, "label": v.label, "p_spam": round(float(v.p_spam), 6), "band": v.band}
-                for i, v in enumerate(results)]
-        if req.explain:
-            for d, e in zip(data, await runtime.explain(req.texts)):
-                d["explanation"] = {side: [{"word": w, "effect": round(float(x), 6)} for w, x in words]
-                                    for side, words in (("towards_spam", e.towards_spam()),
-                                                        ("towards_ham", e.towards_ham()))}
+    async def classify(req: ClassifyRequest, request: Request):
+        async def work():
+            results = await runtime.verdicts(req.texts, req.threshold)
+            # p_spam unrounded: a rounded 0.045791 could read as over a 0.0457906 threshold its label fell short of
+            data = [{"index": i, "label": v.label, "p_spam": float(v.p_spam), "band": v.band}
+                    for i, v in enumerate(results)]
+            if req.explain:
+                for d, e in zip(data, await runtime.explain(req.texts)):
+                    d["explanation"] = {side: [{"word": as_text(w), "effect": round(float(x), 6)} for w, x in words]
+                                        for side, words in (("towards_spam", e.towards_spam()),
+                                                            ("towards_ham", e.towards_ham()))}
+            return data
+
+        data = await unless_client_leaves(request, work())
+        threshold = req.threshold if req.threshold is not None else runtime_threshold(runtime)  # the model is loaded now
         return {"object": "list", "model": SPAM_MODEL_ID, "threshold": threshold, "data": data}
 
     @app.post("/v1/chat/completions", response_model=None, responses={
         200: {"model": ChatCompletion, "content": {"text/event-stream": {"schema": {"type": "string"}}},
               "description": "a chat.completion, or with stream=true server-sent chat.completion.chunk events"},
         **error_responses(400, 401, 413, 429, 503)})
-    async def chat_completions(req: ChatCompletionRequest):
+    async def chat_completions(req: ChatCompletionRequest, request: Request):
         instruction, history = to_instruction(req.messages)
         settings = GenerationSettings(max_new_tokens=req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_NEW_TOKENS,
                                       temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, seed=req.seed,
@@ -253,7 +293,12 @@ def create_app(runtime: Runtime | None = None, api_key: str | None = None) -> Fa
             return "length" if stream.result and stream.result.stopped_by == "length" else "stop"
 
         if not req.stream:
-            text = "".join([piece async for piece in stream]).strip()  # as InstructionModel.respond
+            async def collect() -> str:
+                try:
+                    return "".join([piece async for piece in stream]).strip()  # as InstructionModel.respond
+                finally:
+                    stream.cancel()  # the client left (this task was cancelled): free the slot; else a no-op
+            text = await unless_client_leaves(request, collect())
             return {"id": cid, "object": "chat.completion", "created": created, "model": INSTRUCT_MODEL_ID,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                  "finish_reason": finish_reason(), "logprobs": None}],

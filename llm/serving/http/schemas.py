@@ -55,19 +55,25 @@ class StreamOptions(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """The subset of OpenAI's chat completion request that a local GPT-2 can honour; unknown fields -> 400."""
     model_config = STRICT
-    model: str = Field(default=INSTRUCT_MODEL_ID, max_length=200)  # any name is accepted; answered by the instruct model
+    # null means the default for every optional field, as in OpenAI's API (_null_is_the_default)
+    model: str | None = Field(default=INSTRUCT_MODEL_ID, max_length=200)  # any name is accepted; answered by the instruct model
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)  # 0 = greedy (OpenAI's default is 1; greedy suits GPT-2)
+    temperature: float | None = Field(default=0.0, ge=0.0, le=2.0)  # 0 = greedy (OpenAI's default is 1; greedy suits GPT-2)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=1, le=50_257)  # extension, not in OpenAI's API
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)  # newer name of max_tokens
     stop: str | list[str] | None = None
-    n: int = Field(default=1, ge=1, le=1)
-    stream: bool = False
+    n: int | None = Field(default=1, ge=1, le=1)
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     user: str | None = Field(default=None, max_length=256)  # accepted, ignored
+
+    @field_validator("model", "temperature", "n", "stream")
+    @classmethod
+    def _null_is_the_default(cls, v, info):
+        return cls.model_fields[info.field_name].default if v is None else v
 
     @field_validator("stop")
     @classmethod
