@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from llm.checkpoint import update_metadata
-from llm.spam import LABELS, SpamClassifier, SpamDataError
+from llm.spam import LABELS, SpamClassifier, SpamDataError, valid_temperature
 
 # ---------------------------------------------------------------------------------------------
 # calibration and the operating point
@@ -108,7 +108,7 @@ def calibrate_checkpoint(checkpoint, rows: Sequence[tuple[str, str]], *, target_
     stays the same (a threshold is on calibrated probabilities, and p = 0.5 never moves)."""
     if not rows:
         raise SpamDataError("calibration needs validation messages; the validation split is empty")
-    clf = SpamClassifier.load(checkpoint, device, "fp32", bpe_dir)
+    clf = SpamClassifier.load(checkpoint, device, "fp32", bpe_dir, calibrated=False)  # a bad stored T is what we fix
     logits = clf.logits([t for _, t in rows])
     y = [LABELS.index(lab) for lab, _ in rows]
     spam = clf.labels.index("spam")
@@ -134,6 +134,7 @@ def calibrate_checkpoint(checkpoint, rows: Sequence[tuple[str, str]], *, target_
         old_t = clf.threshold  # on probabilities calibrated with the old temperature (config metadata)
         from llm.checkpoint import read_config
         old_temp = read_config(checkpoint).get("metadata", {}).get("temperature", 1.0)
+        old_temp = old_temp if valid_temperature(old_temp) else 1.0
         meta["threshold"] = 1 / (1 + math.exp(-_logit(old_t) * old_temp / temperature))
     if not quiet:
         c = meta["calibration"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -18,6 +19,41 @@ class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
         if action.default in (None, False) or "default" in (action.help or ""):
             return action.help or ""
         return super()._get_help_string(action)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (epochs, batch sizes, threads, ...)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of at least 1, not {text!r}")
+    return int(text)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0 (where 0 means "off")."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"a whole number of at least 0, not {text!r}")
+    return int(text)
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number from 0 to 1 (probabilities, shares of steps or data)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"a number from 0 to 1, not {text!r}")
+    return value
+
+
+def output_dir(text: str) -> str:
+    """argparse type: where a run writes its checkpoint, checked before any work: not empty (that would be the
+    current directory) and not an existing file."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an output directory, not an empty name")
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a directory (it is created if missing)")
+    return text
 
 
 def add_dtype_arg(parser) -> None:

@@ -21,7 +21,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from finetune.cli import add_dtype_arg, cli_main
+from finetune.cli import DefaultsHelp, add_dtype_arg, cli_main, fraction, non_negative_int, output_dir, positive_int
 from finetune.instruct_eval import OLLAMA_URL, cmd_eval
 from finetune.loop import LoopSettings, fit, start, write_history
 from finetune.optim import adamw, autocast_dtype, length_grouped_batches, warmup_cosine_schedule
@@ -245,55 +245,55 @@ def build_parser() -> argparse.ArgumentParser:
                        "$LLM_ALPACA_DATA with --alpaca, else download it into data/instruction/)")
         q.add_argument("--alpaca", action="store_true", help="use Stanford Alpaca (52k) instead of the book's 1,100 entries")
 
-    q = sub.add_parser("prepare", help="download/validate the data and write the 85/10/5 splits")
+    q = sub.add_parser("prepare", help="download/validate the data and write the 85/10/5 splits", formatter_class=DefaultsHelp)
     data_args(q)
     q.add_argument("--data-dir", default="data/instruction", help="where the split files go (default: %(default)s)")
     q.set_defaults(func=cmd_prepare)
 
-    q = sub.add_parser("train", help="fine-tune a base model on the training split")
+    q = sub.add_parser("train", help="fine-tune a base model on the training split", formatter_class=DefaultsHelp)
     data_args(q)
     q.add_argument("--base", default=None, help="preset or checkpoint directory (default: $LLM_BASE, else gpt2)")
-    q.add_argument("--out", default="checkpoints/instruct", help="checkpoint directory (default: %(default)s)")
-    q.add_argument("--epochs", type=int, default=3, help="passes over the training set (default: %(default)s)")
+    q.add_argument("--out", type=output_dir, default="checkpoints/instruct", help="checkpoint directory (default: %(default)s)")
+    q.add_argument("--epochs", type=positive_int, default=3, help="passes over the training set (default: %(default)s)")
     q.add_argument("--lr", type=float, default=1.5e-4, help="peak AdamW learning rate (default: %(default)s)")
     q.add_argument("--weight-decay", type=float, default=0.1)
-    q.add_argument("--warmup", type=int, default=10, help="linear warm-up steps, then cosine decay to 10%% (default: %(default)s)")
-    q.add_argument("--batch-size", type=int, default=8)
-    q.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    q.add_argument("--max-length", type=int, default=256, help="cap on tokens per training sequence")
+    q.add_argument("--warmup", type=non_negative_int, default=10, help="linear warm-up steps, then cosine decay to 10%% (default: %(default)s)")
+    q.add_argument("--batch-size", type=positive_int, default=8)
+    q.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per optimizer step")
+    q.add_argument("--max-length", type=positive_int, default=256, help="cap on tokens per training sequence")
     q.add_argument("--group-by-length", action="store_true",
                    help="batch examples of similar length together (less padding: faster on long, varied data such as Alpaca)")
     add_dtype_arg(q)
     q.add_argument("--mask-prompt", action=argparse.BooleanOptionalAction, default=True,
                    help="train on the response tokens only (default: on)")
-    q.add_argument("--history-fraction", type=float, default=0.0,
+    q.add_argument("--history-fraction", type=fraction, default=0.0,
                    help="train this share of the examples after 1..--history-turns earlier exchanges (loss on the last "
                         "response only), so follow-up questions work; the app gives history only to such a checkpoint "
                         "(default: 0, single exchanges)")
-    q.add_argument("--history-turns", type=int, default=2, help="at most this many earlier exchanges (default: %(default)s)")
-    q.add_argument("--lora-rank", type=int, default=0, help="LoRA rank; 0 = full fine-tune (default)")
+    q.add_argument("--history-turns", type=positive_int, default=2, help="at most this many earlier exchanges (default: %(default)s)")
+    q.add_argument("--lora-rank", type=non_negative_int, default=0, help="LoRA rank; 0 = full fine-tune (default)")
     q.add_argument("--lora-alpha", type=float, default=32.0)
     q.add_argument("--average", type=float, default=0.0,
                    help="validate and keep an exponential moving average of the weights with this decay (0 = off, the default)")
-    q.add_argument("--eval-every", type=int, default=30, help="validation loss every N optimizer steps")
-    q.add_argument("--patience", type=int, default=3, help="early stop after N evaluations without improvement (0 = never)")
+    q.add_argument("--eval-every", type=positive_int, default=30, help="validation loss every N optimizer steps")
+    q.add_argument("--patience", type=non_negative_int, default=3, help="early stop after N evaluations without improvement (0 = never)")
     q.add_argument("--max-minutes", type=float, default=None, help="stop training after this long (the best checkpoint is kept)")
     q.add_argument("--limit", type=int, default=None, help="use only the first N training examples")
     q.add_argument("--val-limit", type=int, default=None, help="use only the first N validation examples")
     q.add_argument("--seed", type=int, default=123)
-    q.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    q.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     add_runtime_args(q)
     q.set_defaults(func=train)
 
     for name, helptext in (("generate", "answer one instruction (streamed) or write all test responses"),
                            ("eval", "test loss/perplexity, ROUGE-L F1, exact match (+ optional Ollama judge)")):
-        q = sub.add_parser(name, help=helptext)
+        q = sub.add_parser(name, help=helptext, formatter_class=DefaultsHelp)
         q.add_argument("--checkpoint", default=None, help="default: $LLM_INSTRUCT_CHECKPOINT or checkpoints/instruct")
         data_args(q)
         q.add_argument("--responses", default=None, help="test responses JSON (default: CHECKPOINT/test-responses.json)")
-        q.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
+        q.add_argument("--batch-size", type=positive_int, default=16, help="prompts per generation batch")
         q.add_argument("--limit", type=int, default=None, help="only the first N test items")
-        q.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        q.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
         add_generation_args(q, max_new_tokens=160)
         add_runtime_args(q)
         if name == "generate":

@@ -23,6 +23,7 @@ reduce_loss(value) (the step's loss averaged over processes), after_step(step, l
 from __future__ import annotations
 
 import json
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -33,6 +34,15 @@ import torch
 from tqdm import tqdm
 
 from finetune.optim import WeightAverage, autocast
+
+
+class TrainingDiverged(ValueError):
+    """The loss (or a validation metric) stopped being a finite number: raised before anything is saved, so a
+    diverged run never replaces a good checkpoint."""
+
+    def __init__(self, what: str):
+        super().__init__(f"{what}: training diverged, so nothing was saved. Lower --lr (or check the settings "
+                         "that changed) and run again.")
 
 
 class Trainer(Protocol):
@@ -103,6 +113,8 @@ def fit(model: torch.nn.Module, trainer: Trainer, settings: LoopSettings, optimi
     def validation(at_step: int, epoch: int) -> bool:
         nonlocal best_state, best_score, bad, stats
         metrics = trainer.validate(kept)
+        if not all(math.isfinite(v) for v in metrics.values() if isinstance(v, (int, float))):
+            raise TrainingDiverged(f"validation at step {at_step} gave {metrics}")
         train = trainer.train_metrics(stats) if stats else {}
         stats = {}
         history["val_step"].append(at_step)
@@ -148,6 +160,8 @@ def fit(model: torch.nn.Module, trainer: Trainer, settings: LoopSettings, optimi
                     stats[name] = stats.get(name, 0.0) + v
             if reduce_loss:
                 loss_value = reduce_loss(loss_value)
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(f"the training loss became {loss_value} at step {step + 1}")
             grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.clip) if settings.clip else None
             optimizer.step()
             if scheduler is not None:

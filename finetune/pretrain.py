@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from finetune.cli import DefaultsHelp, add_dtype_arg, run_command
+from finetune.cli import DefaultsHelp, add_dtype_arg, output_dir, positive_int, run_command
 from finetune.loop import LoopSettings, fit
 from finetune.resume import find_resume, load_resume, save_resume
 from finetune.optim import WeightAverage, adamw, autocast, autocast_dtype, warmup_cosine
@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=DefaultsHelp)
     g = p.add_argument_group("data and output")
     g.add_argument("--data", nargs="+", required=True, help="plain-text files; documents separated by <|endoftext|> or blank lines")
-    g.add_argument("--out", required=True, help="output checkpoint directory (resume state lives in OUT/resume/)")
+    g.add_argument("--out", type=output_dir, required=True, help="output checkpoint directory (resume state lives in OUT/resume/)")
     g.add_argument("--cache-dir", default=None, help="where the uint16 token cache goes (default: OUT/tokens)")
     g.add_argument("--val-fraction", type=float, default=0.01, help="fraction of the tokens held out for validation")
     g.add_argument("--bpe-dir", default=None, help="folder with GPT-2's encoder.json + vocab.bpe for offline use (default: $LLM_BPE_DIR)")
@@ -220,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--context", type=int, default=None, help="override the context length of --shape")
     g.add_argument("--dropout", type=float, default=0.0, help="dropout probability while training")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=int, default=8, help="micro-batch per device (sequences)")
-    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step on each device")
+    g.add_argument("--batch-size", type=positive_int, default=8, help="micro-batch per device (sequences)")
+    g.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per optimizer step on each device")
     g.add_argument("--max-steps", type=int, default=5000, help="optimizer steps in total")
     g.add_argument("--lr", type=float, default=6e-4, help="peak learning rate")
     g.add_argument("--min-lr", type=float, default=None, help="final learning rate of the cosine (default: lr/10)")
@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validate and save an exponential moving average of the weights with this decay, e.g. 0.999 "
                         "(0 = off; the live weights and the average both resume)")
     g = p.add_argument_group("evaluation and checkpoints")
-    g.add_argument("--eval-every", type=int, default=250, help="steps between validation losses (and checkpoints)")
+    g.add_argument("--eval-every", type=positive_int, default=250, help="steps between validation losses (and checkpoints)")
     g.add_argument("--eval-iters", type=int, default=20, help="validation micro-batches per evaluation")
     g.add_argument("--save-every", type=int, default=None, help="steps between checkpoints (default: --eval-every)")
     g.add_argument("--sample-every", type=int, default=None, help="steps between sample generations (default: --eval-every; 0 = never)")
@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="cuda, mps or cpu (default: $LLM_DEVICE, else the best available); torchrun uses cuda:LOCAL_RANK")
     add_dtype_arg(g)
     g.add_argument("--compile", default=None, action=argparse.BooleanOptionalAction, help="torch.compile the model (default: on for CUDA, off elsewhere)")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    g.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 

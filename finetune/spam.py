@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from finetune.calibration import calibrate_checkpoint
-from finetune.cli import DefaultsHelp, add_dtype_arg, cli_main
+from finetune.cli import DefaultsHelp, add_dtype_arg, cli_main, fraction, non_negative_int, output_dir, positive_int
 from finetune.loop import LoopSettings, fit, start, write_history
 from finetune.optim import adamw, autocast_dtype, length_grouped_batches, warmup_cosine_schedule
 from finetune.sms_synth import TRAIN_NOISE_PROBABILITY, noisy
@@ -252,12 +252,6 @@ def precision_arg(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"a whole number of at least 1, not {text!r}")
-    return int(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m finetune.spam", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -274,23 +268,23 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--base", default=None, help="preset or checkpoint directory (default: $LLM_BASE, else gpt2)")
     tr.add_argument("--data-dir", default=DATA_DIR, help="folder written by `prepare`")
     tr.add_argument("--split-set", default="natural", choices=("natural", "balanced"), help="which split set trains")
-    tr.add_argument("--out", default="checkpoints/spam", help="checkpoint directory (best validation model)")
+    tr.add_argument("--out", type=output_dir, default="checkpoints/spam", help="checkpoint directory (best validation model)")
     tr.add_argument("--train", default="all", choices=("head", "last", "all", "lora"),
                     help="what trains: the head only, the last N blocks + final norm + head, everything, or LoRA adapters")
-    tr.add_argument("--last-blocks", type=int, default=2, help="N for --train last")
-    tr.add_argument("--lora-rank", type=int, default=8, help="adapter rank for --train lora")
+    tr.add_argument("--last-blocks", type=positive_int, default=2, help="N for --train last")
+    tr.add_argument("--lora-rank", type=positive_int, default=8, help="adapter rank for --train lora")
     tr.add_argument("--lora-alpha", type=float, default=16.0, help="adapter scale (alpha / rank) numerator for --train lora")
-    tr.add_argument("--epochs", type=int, default=2, help="passes over the training messages")
-    tr.add_argument("--batch-size", type=int, default=8, help="messages per optimizer step")
+    tr.add_argument("--epochs", type=positive_int, default=2, help="passes over the training messages")
+    tr.add_argument("--batch-size", type=positive_int, default=8, help="messages per optimizer step")
     tr.add_argument("--lr", type=float, default=5e-5, help="peak AdamW learning rate")
-    tr.add_argument("--warmup", type=float, default=0.05, help="linear warmup, as a fraction of all steps")
-    tr.add_argument("--min-lr-ratio", type=float, default=0.1,
+    tr.add_argument("--warmup", type=fraction, default=0.05, help="linear warmup, as a fraction of all steps")
+    tr.add_argument("--min-lr-ratio", type=fraction, default=0.1,
                     help="the cosine decay's final learning rate, as a fraction of --lr (1 = constant)")
     tr.add_argument("--dropout", type=float, default=None, help="dropout while fine-tuning (default: the base's)")
     tr.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
     tr.add_argument("--average", type=float, default=0.99,
                     help="validate and save an exponential moving average of the weights with this decay (0 = off: the live weights)")
-    tr.add_argument("--synthetic", type=int, default=40, metavar="N",
+    tr.add_argument("--synthetic", type=non_negative_int, default=40, metavar="N",
                     help="add N messages of today's kinds per category (finetune/sms_synth.py: 7 spam, 9 ham categories) "
                          "to training, and N/5 to validation; 0 = none")
     tr.add_argument("--authored", action=argparse.BooleanOptionalAction, default=True,
@@ -305,18 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--extra-validation", action="append", default=None, metavar="CSV",
                     help="more labelled messages for validation (columns label,text; repeatable): the best checkpoint, "
                          "the temperature and the threshold are chosen on them too")
-    tr.add_argument("--noise", type=float, default=TRAIN_NOISE_PROBABILITY, metavar="P",
+    tr.add_argument("--noise", type=fraction, default=TRAIN_NOISE_PROBABILITY, metavar="P",
                     help="each epoch, restyle each training message with probability P (upper/lower case, leetspeak, "
                          "ragged whitespace, modern links and numbers; finetune/sms_synth.py NOISES)")
     add_dtype_arg(tr)
-    tr.add_argument("--max-length", type=int, default=None, help="tokens per message (default: the longest training message, capped by the context)")
-    tr.add_argument("--eval-every", type=int, default=100, help="steps between validation passes")
-    tr.add_argument("--patience", type=int, default=0,
+    tr.add_argument("--max-length", type=positive_int, default=None, help="tokens per message (default: the longest training message, capped by the context)")
+    tr.add_argument("--eval-every", type=positive_int, default=100, help="steps between validation passes")
+    tr.add_argument("--patience", type=non_negative_int, default=0,
                     help="stop after this many validation passes without improvement; 0 = train the whole schedule "
                          "(the default: with 4, training stopped inside the first epoch on a noisy validation accuracy "
                          "and today's messages lost 1-3 points; see the README)")
     tr.add_argument("--seed", type=int, default=123, help="for the head's initialisation and the batch order")
-    tr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    tr.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     tr.add_argument("--device", default=None, help="cuda, mps or cpu (default: $LLM_DEVICE, else the best available)")
     tr.add_argument("--bpe-dir", default=None, help="folder with GPT-2's encoder.json + vocab.bpe (default: $LLM_BPE_DIR)")
     op = tr.add_mutually_exclusive_group()
@@ -355,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--robustness", action="store_true",
                     help="also score the natural test set and the challenge set rewritten by each transform of "
                          "finetune/robustness.py (upper, lower, whitespace, leetspeak, modern, emoji): one more pass each")
-    ev.add_argument("--threads", type=int, default=None)
+    ev.add_argument("--threads", type=positive_int, default=None)
     add_runtime_args(ev)
 
     pd_ = sub.add_parser("predict", help="label and spam probability per message")
@@ -370,8 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="operating point for this run, 0 < T < 1 (default: the checkpoint's)")
     pd_.add_argument("--explain", action="store_true",
                      help="also list the words that move p_spam most (occlusion: one forward pass per message)")
-    pd_.add_argument("--batch-size", type=int, default=16)
-    pd_.add_argument("--threads", type=int, default=None)
+    pd_.add_argument("--batch-size", type=positive_int, default=16)
+    pd_.add_argument("--threads", type=positive_int, default=None)
     add_runtime_args(pd_)
     return p
 

@@ -16,10 +16,19 @@ DATA_DIR = "data/sms_spam"
 AUTHORED_FILE = Path(__file__).resolve().parent / "data" / "sms_authored.csv"
 
 
+MIN_PER_LABEL = 10  # messages of each label a collection needs for splits (70/10/20) that all hold both labels
+
+
 def prepare(sms_data: str | None, data_dir: str | Path = DATA_DIR, quiet: bool = False) -> dict:
     src = fetch_data(sms_data, data_dir)
     rows = read_collection(src)
     unique, dropped = deduplicate(rows)
+    per_label = {lab: sum(r[0] == lab for r in unique) for lab in LABELS}
+    if min(per_label.values()) < MIN_PER_LABEL:  # checked before anything is written: good splits stay
+        raise SpamDataError(f"{src} has {per_label['ham']} ham and {per_label['spam']} spam messages (deduplicated): "
+                            f"too few for train/validation/test splits with both labels in each (at least "
+                            f"{MIN_PER_LABEL} of each). Nothing was written. Point --sms-data (or $LLM_SPAM_DATA) at "
+                            "the SMS Spam Collection.")
     sets = make_splits(unique)
     counts = {}
     for set_name, splits in sets.items():

@@ -16,7 +16,15 @@ PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 def pick_device(name: str | None = None) -> torch.device:
     name = name or os.environ.get(DEVICE_ENV)
     if name and name != "auto":
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ValueError(f"unknown device {name!r}: use cuda, mps or cpu (flag --device or ${DEVICE_ENV})") from None
+        available = {"cuda": torch.cuda.is_available,
+                     "mps": lambda: bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()}
+        if device.type in available and not available[device.type]():
+            raise ValueError(f"device {name!r} is not available on this machine: use --device cpu (or unset ${DEVICE_ENV})")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():

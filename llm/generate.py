@@ -60,12 +60,18 @@ class GenerationResult:
 
 
 def fit_prompt(ids: list[int], max_new_tokens: int, context: int, eot_id: int) -> tuple[list[int], int, int]:
-    """Make prompt + new tokens fit the context: drop the oldest prompt tokens (with a notice).
+    """Make prompt + new tokens fit the context (each with a notice): first fewer new tokens, down to a quarter of
+    the context (so a huge max_new_tokens never throws the prompt away), then the oldest prompt tokens dropped.
 
     Returns (prompt ids, max new tokens, number of prompt tokens dropped).
     """
     ids = list(ids) or [eot_id]  # GPT-2 starts documents after <|endoftext|>
     max_new = min(max_new_tokens, context - 1)
+    if len(ids) + max_new > context:
+        lowered = max(min(max_new, context // 4), context - len(ids))
+        if lowered < max_new:
+            log.warning("max_new_tokens lowered from %d to %d to fit the %d-token context", max_new, lowered, context)
+            max_new = lowered
     keep = context - max_new
     dropped = max(0, len(ids) - keep)
     if dropped:

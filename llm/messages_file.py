@@ -56,6 +56,10 @@ _KINDS = "a CSV with a `text` column, a TSV, or a TXT file with one message per 
 
 Rows = list[dict[str, "str | None"]]
 
+# csv refuses a field over 128 KiB by default; a long message in a CSV is read like the same line in a TXT (the
+# classifier reads its start). The callers' own byte limits bound what is read at all.
+csv.field_size_limit(max(csv.field_size_limit(), 1 << 26))
+
 
 class MessagesFileError(ValueError):
     """A file of messages that cannot be read as such; the message says why and what to do."""

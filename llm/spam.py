@@ -223,6 +223,10 @@ def explanation(words: Sequence[str], p: Sequence[float]) -> Explanation:
     return Explanation(p[0], [(w, p[0] - q) for w, q in zip(words, p[1:])])
 
 
+def valid_temperature(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
 def valid_threshold(value) -> bool:
     """A threshold is a real number strictly between 0 and 1 (not a bool, not NaN)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 < value < 1
@@ -298,9 +302,10 @@ class SpamClassifier:
     temperature: float = 1.0  # logits are divided by this before the softmax
 
     @classmethod
-    def load(cls, checkpoint=None, device=None, precision=None, bpe_dir=None) -> "SpamClassifier":
+    def load(cls, checkpoint=None, device=None, precision=None, bpe_dir=None, calibrated: bool = True) -> "SpamClassifier":
         """Load once. None -> $LLM_SPAM_CHECKPOINT or checkpoints/spam; missing or not a ham/spam classifier
-        (a language model, a corrupt checkpoint, odd metadata) -> CheckpointError naming the command."""
+        (a language model, a corrupt checkpoint, odd metadata) -> CheckpointError naming the command.
+        calibrated=False ignores the stored temperature (T = 1): what recalibration starts from."""
         from llm.checkpoint import CheckpointError
         from llm.device import pick_device
         from llm.tokenizer import get_tokenizer
@@ -324,9 +329,8 @@ class SpamClassifier:
         if not valid_threshold(threshold):
             raise CheckpointError(f"{path}: metadata threshold must be a number strictly between 0 and 1, not "
                                   f"{repr(threshold)[:40]}. {CREATE_HINT}")
-        temperature = meta.get("temperature", 1.0)
-        if (not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not math.isfinite(temperature)
-                or temperature <= 0):
+        temperature = meta.get("temperature", 1.0) if calibrated else 1.0
+        if not valid_temperature(temperature):
             raise CheckpointError(f"{path}: metadata temperature must be a positive number, not {repr(temperature)[:40]}. "
                                   f"Recalibrate with: python -m finetune.spam calibrate --checkpoint {path}")
         return cls(model, get_tokenizer(bpe_dir), max_length, tuple(labels), threshold=float(threshold),

@@ -72,6 +72,10 @@ def test_long_prompt_is_truncated_from_the_left_with_a_notice(tiny_model, tokeni
     ids = list(range(1000, 1000 + context + 50))
     kept, max_new, dropped = fit_prompt(ids, 20, context, tokenizer.eot_id)
     assert kept == ids[-(context - 20):] and max_new == 20 and dropped == len(ids) - (context - 20)
+    # a huge max_new_tokens never costs the prompt: fewer new tokens first, down to a quarter of the context
+    assert fit_prompt(ids[:30], 100_000, context, tokenizer.eot_id) == (ids[:30], context - 30, 0)
+    kept, max_new, cut = fit_prompt(ids[:context - 5], 100_000, context, tokenizer.eot_id)
+    assert max_new == context // 4 and kept == ids[:context - 5][cut:] and len(kept) + max_new == context
     with caplog.at_level(logging.WARNING, logger="llm"):
         result = generate(tiny_model, tokenizer, ids, GenerationSettings(max_new_tokens=20))
     assert "truncated from the left" in caplog.text

@@ -190,6 +190,29 @@ def test_train_cli_saves_the_weight_average_as_a_loadable_classifier(what, tiny_
     assert label in LABELS and 0.0 <= p_spam <= 1.0
 
 
+def test_prepare_refuses_a_collection_too_small_for_splits_and_keeps_the_old_ones(tmp_path, capsys):
+    (tmp_path / "data/natural").mkdir(parents=True)
+    (tmp_path / "data/natural/train.csv").write_text("label,text\nham,kept\n")
+    (tmp_path / "two.txt").write_text("ham\thello\nspam\tWIN now\n")
+    assert cli.main(["prepare", "--sms-data", str(tmp_path / "two.txt"), "--data-dir", str(tmp_path / "data")]) == 2
+    assert "1 ham and 1 spam messages" in capsys.readouterr().err
+    assert (tmp_path / "data/natural/train.csv").read_text() == "label,text\nham,kept\n"
+
+
+def test_a_diverging_run_saves_nothing_and_the_good_checkpoint_stays(tiny_checkpoint, tokenizer, tmp_path, capsys):
+    """lr 1e30: the loss stops being a number within a few steps. The one loop stops it there with a clear error,
+    before anything is written, so the checkpoint already in --out still loads and answers as before."""
+    for split in ("train", "validation"):
+        write_split(synthetic_rows(24, 8), tmp_path / "data/natural" / f"{split}.csv")
+    common = [*TRAIN_ON_THE_SPLIT_ONLY, "--data-dir", str(tmp_path / "data"), "--base", str(tiny_checkpoint),
+              "--epochs", "1", "--batch-size", "8", "--eval-every", "2", "--out", str(tmp_path / "ck")]
+    cli.train(cli.build_parser().parse_args(common))
+    before = {f.name: f.read_bytes() for f in (tmp_path / "ck").iterdir() if f.is_file()}
+    assert cli.main([*common, "--lr", "1e30"]) == 2
+    assert "training diverged, so nothing was saved" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in (tmp_path / "ck").iterdir() if f.is_file()} == before
+
+
 @pytest.mark.shared
 def test_finetune_briefly_on_real_messages(base_model_dir, tokenizer, tmp_path):
     data = os.environ.get("LLM_SPAM_DATA")
@@ -387,6 +410,17 @@ def test_calibrate_an_existing_checkpoint_keeps_decisions_and_metadata(tmp_path,
     again = SpamClassifier.load(ck, device="cpu")
     assert again.temperature == pytest.approx(after.temperature, rel=1e-6)
     assert again.threshold == pytest.approx(after.threshold, rel=1e-6)
+
+
+def test_the_recalibrate_hint_for_a_bad_temperature_works(tmp_path, tokenizer):
+    """A checkpoint whose stored temperature is not a positive number is refused with "Recalibrate with: ...
+    calibrate"; that command must then succeed (it starts from T = 1) and leave a loadable checkpoint."""
+    ck = _ckpt_with(tmp_path, temperature="hot")
+    with pytest.raises(CheckpointError, match="Recalibrate with: python -m finetune.spam calibrate"):
+        SpamClassifier.load(ck, device="cpu")
+    _write_data(tmp_path / "data", {"validation": synthetic_rows(20, 10)})
+    assert cli.main(["calibrate", "--checkpoint", str(ck), "--data-dir", str(tmp_path / "data"), "--device", "cpu"]) == 0
+    assert SpamClassifier.load(ck, device="cpu").temperature > 0
 
 
 def test_eval_reports_ece_brier_and_draws_reliability_diagrams(tmp_path, tokenizer, capsys):

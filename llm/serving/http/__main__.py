@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 
 from llm.serving.http.app import API_KEY_ENV, create_app
 from llm.serving.limits import EngineLimits
@@ -19,13 +20,13 @@ def main(argv: list[str] | None = None) -> int:
                                 epilog=f"Auth: set ${API_KEY_ENV} to require the key on /v1/*. Models: "
                                        "$LLM_SPAM_CHECKPOINT, $LLM_INSTRUCT_CHECKPOINT (or the flags below).")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s, loopback only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    p.add_argument("--port", type=port_number, default=8000, help="port (default: %(default)s)")
     p.add_argument("--spam-checkpoint", default=None, help="spam classifier checkpoint (default: $LLM_SPAM_CHECKPOINT or checkpoints/spam)")
     p.add_argument("--instruct-checkpoint", default=None, help="instruction model checkpoint (default: $LLM_INSTRUCT_CHECKPOINT or checkpoints/instruct)")
     p.add_argument("--max-running", type=int, default=None, help=f"sequences decoded together (default: $LLM_MAX_RUNNING or {defaults.max_running})")
     p.add_argument("--max-waiting", type=int, default=None, help=f"requests queued beyond those before 429 (default: $LLM_MAX_WAITING or {defaults.max_waiting})")
     p.add_argument("--kv-cache-mb", type=int, default=None, help=f"KV cache memory in MiB (default: $LLM_KV_CACHE_MB or {defaults.kv_cache_mb})")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=at_least_one, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--shutdown-timeout", type=float, default=10.0, help="seconds to wait for open requests on Ctrl-C/SIGTERM (default: %(default)s)")
     add_runtime_args(p)
     args = p.parse_args(argv)
@@ -39,11 +40,28 @@ def main(argv: list[str] | None = None) -> int:
         import torch
         torch.set_num_threads(args.threads)
     import uvicorn
+    try:  # bound before the models start loading: a port in use is one line, not a crash at exit
+        sock = socket.create_server((args.host, args.port))
+    except (OSError, OverflowError) as e:
+        p.error(f"cannot listen on {args.host}:{args.port} ({getattr(e, 'strerror', None) or e}): is another server "
+                "using that port? Pick another --port, or a --host this machine has.")
     runtime = Runtime.from_env(args.spam_checkpoint, args.instruct_checkpoint, args.device, args.precision,
                                args.bpe_dir, limits=limits)
-    uvicorn.run(create_app(runtime), host=args.host, port=args.port, log_level="info",
-                timeout_graceful_shutdown=args.shutdown_timeout)
+    config = uvicorn.Config(create_app(runtime), log_level="info", timeout_graceful_shutdown=args.shutdown_timeout)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def port_number(text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"a port number from 1 to 65535, not {text!r}")
+    return int(text)
+
+
+def at_least_one(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of at least 1, not {text!r}")
+    return int(text)
 
 
 if __name__ == "__main__":
