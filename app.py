@@ -245,7 +245,7 @@ async def _assistant(message: cl.Message):
     except asyncio.CancelledError:  # Stop: the partial answer stays, finished (no "still writing" dot) and marked
         reply.content = chat.stopped_answer(reply.content)
         reply.metadata["stopped"] = True  # not history for the model, not training data
-        await (reply.update() if reply.streaming else reply.send())
+        await reply.send()  # (also ends the stream; update() would save it without a creation time: lost in history)
         raise
     finally:  # also on Stop, an engine error or a closed socket: free the slot, take the notice down
         stream.cancel()

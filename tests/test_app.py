@@ -175,6 +175,7 @@ async def test_stop_as_chainlit_does_it_leaves_a_finished_marked_answer_and_no_l
             await task
         last = [args[0] for name, args, _ in em.mock_calls if name in ("send_step", "update_step") and args][-1]
         assert last["output"].endswith("_⏹️ Stopped._") and last["streaming"] is False  # no "still writing" dot
+        assert last["createdAt"]  # saved with a creation time: history lists it (a streamed reply had none)
         assert em.delete_step.await_count == 1 and em.delete_step.await_args[0][0]["output"] == chat.CHAINLIT_STOP_TEXT
         for _ in range(200):  # the scheduler frees the slot at its next iteration
             if models.engine.stats()["running"] == 0:

@@ -51,10 +51,15 @@ def test_a_probability_never_reads_as_the_threshold_it_fell_short_of():
 def test_user_text_in_a_reply_is_shown_as_typed_never_as_markdown():
     """A message's Markdown (links, images, emphasis, table pipes) must not become the bot's: escaped, after the cut."""
     shown = chat.literal("FREE prize [x](http://evil.co) ![a](http://t.co/p.png) *now* a|b <b>")
-    assert shown == ("FREE prize \\[x\\]\\(http\\://evil\\.co\\) \\!\\[a\\]\\(http\\://t\\.co/p\\.png\\) "
+    assert shown == ("FREE prize \\[x\\]\\(http\\:\u2060//evil\\.co\\) \\!\\[a\\]\\(http\\:\u2060//t\\.co/p\\.png\\) "
                      "\\*now\\* a\\|b \\<b\\>")
+    # bare addresses too: the renderer links any "https://" or "www." in text, so a word joiner splits each
+    assert chat.literal("go to https://bit.ly/x or WWW.evil.co") == "go to https\\:\u2060//bit\\.ly/x or WWW\u2060\\.evil\\.co"
     assert chat.literal("x" * 30 + "[", 24) == "x" * 23 + "…"  # cut first, so no escape is cut in half
     assert chat.literal("two\nlines") == "two lines"
+    from llm.spam import Explanation
+    why = chat.explanation_text(Explanation(0.9, [("co-op", 0.3), ("well-known", -0.2)]))
+    assert "**co\\-op** +30 pts" in why and "**well\\-known** −20 pts" in why  # a hyphen stays a hyphen
 
 
 def test_the_verdict_line_uses_the_classifier_threshold_and_bands(make_runtime):

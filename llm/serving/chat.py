@@ -108,6 +108,11 @@ def plural(n: int, noun: str) -> str:
 MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:=&])")
 
 
+# The renderer turns any "http://", "https://" or "www." in plain text into a link, escaped or not: a word joiner
+# (U+2060, invisible) inside each keeps a scam's address from becoming clickable in the bot's reply.
+URL_START = re.compile(r"(?i)(https?:)(//)|\b(www)(\.)")
+
+
 def literal(text: str, n: int | None = None) -> str:
     """User text (a message, a word, a file name) as Markdown that shows it as typed: cut to n characters first,
     then every Markdown character escaped, so it never becomes a link, an image, a table cell break or emphasis
@@ -115,6 +120,7 @@ def literal(text: str, n: int | None = None) -> str:
     text = " ".join(text.split())
     if n is not None and len(text) > n:
         text = text[: n - 1] + "…"
+    text = URL_START.sub(lambda m: "\u2060".join(g for g in m.groups() if g), text)
     return MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
@@ -155,8 +161,8 @@ EXPLAIN_MIN_EFFECT = 0.005  # smaller effects (half a percentage point) are nois
 def explanation_text(explanation) -> str:
     """The words under a verdict: "Why: towards spam **prize** +41 pts, ...; towards ham **dinner** −3 pts"."""
     def words(pairs):
-        return ", ".join(f"**{literal(w, 24)}** {d * 100:+.0f} pts".replace("-", "−") for w, d in pairs
-                         if abs(d) >= EXPLAIN_MIN_EFFECT)
+        return ", ".join(f"**{literal(w, 24)}** {d * 100:+.0f} pts".replace(" -", " −") for w, d in pairs
+                         if abs(d) >= EXPLAIN_MIN_EFFECT)  # a minus sign for the effect, the word's hyphens kept
     spam, ham = words(explanation.towards_spam(EXPLAIN_SHOWN)), words(explanation.towards_ham(EXPLAIN_SHOWN))
     parts = [f"⬆️ towards spam: {spam}" if spam else "", f"⬇️ towards ham: {ham}" if ham else ""]
     if not any(parts):
@@ -193,8 +199,8 @@ def read_upload(name: str, data: bytes) -> tuple[list[str], list[dict[str, str |
 
 
 def empty_upload_error(name: str) -> str:
-    return (f"{name} is empty: there is nothing in it to classify. Attach a CSV or TXT file with one message per "
-            "line (or a `text` column).")
+    return (f"{name} is empty: there is nothing in it to classify. Attach a TXT file with one message per line, or "
+            "a CSV with a text column.")
 
 
 Progress = Callable[[int, int, float], Awaitable[None]]  # (rows done, rows in all, seconds left)
