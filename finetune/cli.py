@@ -51,9 +51,22 @@ def output_dir(text: str) -> str:
     current directory) and not an existing file."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an output directory, not an empty name")
-    if Path(text).exists() and not Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a file; give a directory (it is created if missing)")
+    path = Path(text)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{existing} is a file; give a directory (it is created if missing)")
     return text
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0 (learning rates, minutes)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"a number above 0, not {text!r}")
+    return value
 
 
 def add_dtype_arg(parser) -> None:

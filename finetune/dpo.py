@@ -33,7 +33,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from finetune.cli import DefaultsHelp, add_dtype_arg, cli_main, fraction, non_negative_int, output_dir, positive_int
+from finetune.cli import DefaultsHelp, add_dtype_arg, cli_main, fraction, non_negative_int, output_dir, positive_float, positive_int
 from finetune.loop import LoopSettings, fit, start, write_history
 from finetune.optim import adamw, autocast_dtype, warmup_cosine_schedule
 from llm.checkpoint import CheckpointError, save_checkpoint
@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add this times the chosen response's token NLL to the loss (DPO + SFT on the chosen answers, "
                         "as in RPO, Pang et al. 2024): keeps answers fluent while preferences move; 0 = plain DPO")
     t.add_argument("--epochs", type=positive_int, default=1)
-    t.add_argument("--lr", type=float, default=1e-5,
+    t.add_argument("--lr", type=positive_float, default=1e-5,
                    help="peak AdamW learning rate (the book uses 5e-6 on GPT-2 355M; on gpt2-mini it left the validation "
                         "reward margin at 0.50 after one epoch, 1e-5 moves it further)")
     t.add_argument("--weight-decay", type=float, default=0.01)
@@ -322,12 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--grad-accum", type=positive_int, default=1)
     t.add_argument("--max-length", type=positive_int, default=256, help="cap on tokens per sequence")
     t.add_argument("--lora-rank", type=non_negative_int, default=0, help="LoRA rank; 0 = full fine-tune; the saved checkpoint is merged")
-    t.add_argument("--lora-alpha", type=float, default=32.0)
+    t.add_argument("--lora-alpha", type=positive_float, default=32.0)
     t.add_argument("--average", type=float, default=0.0, help="validate and keep a moving average of the weights (0 = off)")
     t.add_argument("--eval-every", type=positive_int, default=20, help="validation every N optimizer steps")
     t.add_argument("--patience", type=non_negative_int, default=0, help="early stop after N validations without improvement (0 = never)")
-    t.add_argument("--max-minutes", type=float, default=None, help="stop after this long (the best weights are kept)")
-    t.add_argument("--limit", type=int, default=None, help="use only the first N training pairs")
+    t.add_argument("--max-minutes", type=positive_float, default=None, help="stop after this long (the best weights are kept)")
+    t.add_argument("--limit", type=positive_int, default=None, help="use only the first N training pairs")
     t.add_argument("--seed", type=int, default=123)
     t.add_argument("--threads", type=positive_int, default=None)
     t.add_argument("--device", default=None, help="cuda, mps or cpu (default: $LLM_DEVICE, else the best available)")
@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default=None, help=f"preference records JSON (default: ${DATA_ENV}, else the book's file)")
     e.add_argument("--split", default="test", choices=("test", "val"),
                    help="the 110 test items (report) or the 55 validation items (to choose settings; default: %(default)s)")
-    e.add_argument("--limit", type=int, default=None, help="only the first N items")
+    e.add_argument("--limit", type=positive_int, default=None, help="only the first N items")
     e.add_argument("--examples", type=int, default=5, help="before/after examples kept in the JSON (default: %(default)s)")
     e.add_argument("--out", default=None, help="results JSON (default: DPO/preference_eval.json)")
     e.add_argument("--batch-size", type=positive_int, default=16)

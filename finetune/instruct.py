@@ -21,7 +21,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from finetune.cli import DefaultsHelp, add_dtype_arg, cli_main, fraction, non_negative_int, output_dir, positive_int
+from finetune.cli import DefaultsHelp, add_dtype_arg, cli_main, fraction, non_negative_int, output_dir, positive_float, positive_int
 from finetune.instruct_eval import OLLAMA_URL, cmd_eval
 from finetune.loop import LoopSettings, fit, start, write_history
 from finetune.optim import adamw, autocast_dtype, length_grouped_batches, warmup_cosine_schedule
@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--base", default=None, help="preset or checkpoint directory (default: $LLM_BASE, else gpt2)")
     q.add_argument("--out", type=output_dir, default="checkpoints/instruct", help="checkpoint directory (default: %(default)s)")
     q.add_argument("--epochs", type=positive_int, default=3, help="passes over the training set (default: %(default)s)")
-    q.add_argument("--lr", type=float, default=1.5e-4, help="peak AdamW learning rate (default: %(default)s)")
+    q.add_argument("--lr", type=positive_float, default=1.5e-4, help="peak AdamW learning rate (default: %(default)s)")
     q.add_argument("--weight-decay", type=float, default=0.1)
     q.add_argument("--warmup", type=non_negative_int, default=10, help="linear warm-up steps, then cosine decay to 10%% (default: %(default)s)")
     q.add_argument("--batch-size", type=positive_int, default=8)
@@ -272,13 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: 0, single exchanges)")
     q.add_argument("--history-turns", type=positive_int, default=2, help="at most this many earlier exchanges (default: %(default)s)")
     q.add_argument("--lora-rank", type=non_negative_int, default=0, help="LoRA rank; 0 = full fine-tune (default)")
-    q.add_argument("--lora-alpha", type=float, default=32.0)
+    q.add_argument("--lora-alpha", type=positive_float, default=32.0)
     q.add_argument("--average", type=float, default=0.0,
                    help="validate and keep an exponential moving average of the weights with this decay (0 = off, the default)")
     q.add_argument("--eval-every", type=positive_int, default=30, help="validation loss every N optimizer steps")
     q.add_argument("--patience", type=non_negative_int, default=3, help="early stop after N evaluations without improvement (0 = never)")
-    q.add_argument("--max-minutes", type=float, default=None, help="stop training after this long (the best checkpoint is kept)")
-    q.add_argument("--limit", type=int, default=None, help="use only the first N training examples")
+    q.add_argument("--max-minutes", type=positive_float, default=None, help="stop training after this long (the best checkpoint is kept)")
+    q.add_argument("--limit", type=positive_int, default=None, help="use only the first N training examples")
     q.add_argument("--val-limit", type=int, default=None, help="use only the first N validation examples")
     q.add_argument("--seed", type=int, default=123)
     q.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
         data_args(q)
         q.add_argument("--responses", default=None, help="test responses JSON (default: CHECKPOINT/test-responses.json)")
         q.add_argument("--batch-size", type=positive_int, default=16, help="prompts per generation batch")
-        q.add_argument("--limit", type=int, default=None, help="only the first N test items")
+        q.add_argument("--limit", type=positive_int, default=None, help="only the first N test items")
         q.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
         add_generation_args(q, max_new_tokens=160)
         add_runtime_args(q)

@@ -36,6 +36,9 @@ from tqdm import tqdm
 from finetune.optim import WeightAverage, autocast
 
 
+LOSS_CEILING = 1e4  # a mean cross-entropy (or DPO) loss above this is an explosion, not learning (ln 50257 = 10.8)
+
+
 class TrainingDiverged(ValueError):
     """The loss (or a validation metric) stopped being a finite number: raised before anything is saved, so a
     diverged run never replaces a good checkpoint."""
@@ -113,7 +116,8 @@ def fit(model: torch.nn.Module, trainer: Trainer, settings: LoopSettings, optimi
     def validation(at_step: int, epoch: int) -> bool:
         nonlocal best_state, best_score, bad, stats
         metrics = trainer.validate(kept)
-        if not all(math.isfinite(v) for v in metrics.values() if isinstance(v, (int, float))):
+        if not all(math.isfinite(v) and not ("loss" in k and v > LOSS_CEILING)
+                   for k, v in metrics.items() if isinstance(v, (int, float))):
             raise TrainingDiverged(f"validation at step {at_step} gave {metrics}")
         train = trainer.train_metrics(stats) if stats else {}
         stats = {}
@@ -160,8 +164,8 @@ def fit(model: torch.nn.Module, trainer: Trainer, settings: LoopSettings, optimi
                     stats[name] = stats.get(name, 0.0) + v
             if reduce_loss:
                 loss_value = reduce_loss(loss_value)
-            if not math.isfinite(loss_value):
-                raise TrainingDiverged(f"the training loss became {loss_value} at step {step + 1}")
+            if not math.isfinite(loss_value) or loss_value > LOSS_CEILING:
+                raise TrainingDiverged(f"the training loss became {loss_value:.4g} at step {step + 1}")
             grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.clip) if settings.clip else None
             optimizer.step()
             if scheduler is not None:
@@ -192,6 +196,9 @@ def fit(model: torch.nn.Module, trainer: Trainer, settings: LoopSettings, optimi
         if stopped != "done":
             break
     bar.close()
+    if settings.validate_at_start and settings.keep_best and step > settings.start_step and best["step"] == 0:
+        raise TrainingDiverged(f"no validation after step 0 beat the weights training started from "
+                               f"({', '.join(f'{k} {v:.4g}' for k, v in best.items() if k not in ('step', 'epoch'))})")
     return LoopResult(best_state, best, step, time.perf_counter() - t0, stopped, history)
 
 

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from finetune.cli import DefaultsHelp, add_dtype_arg, output_dir, positive_int, run_command
+from finetune.cli import DefaultsHelp, add_dtype_arg, output_dir, positive_float, positive_int, run_command
 from finetune.loop import LoopSettings, fit
 from finetune.resume import find_resume, load_resume, save_resume
 from finetune.optim import WeightAverage, adamw, autocast, autocast_dtype, warmup_cosine
@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=positive_int, default=8, help="micro-batch per device (sequences)")
     g.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per optimizer step on each device")
     g.add_argument("--max-steps", type=int, default=5000, help="optimizer steps in total")
-    g.add_argument("--lr", type=float, default=6e-4, help="peak learning rate")
+    g.add_argument("--lr", type=positive_float, default=6e-4, help="peak learning rate")
     g.add_argument("--min-lr", type=float, default=None, help="final learning rate of the cosine (default: lr/10)")
     g.add_argument("--warmup-steps", type=int, default=100, help="steps of linear learning-rate warmup")
     g.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (matrices and embeddings only)")

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from finetune.calibration import calibrate_checkpoint
-from finetune.cli import DefaultsHelp, add_dtype_arg, cli_main, fraction, non_negative_int, output_dir, positive_int
+from finetune.cli import DefaultsHelp, add_dtype_arg, cli_main, fraction, non_negative_int, output_dir, positive_float, positive_int
 from finetune.loop import LoopSettings, fit, start, write_history
 from finetune.optim import adamw, autocast_dtype, length_grouped_batches, warmup_cosine_schedule
 from finetune.sms_synth import TRAIN_NOISE_PROBABILITY, noisy
@@ -273,10 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="what trains: the head only, the last N blocks + final norm + head, everything, or LoRA adapters")
     tr.add_argument("--last-blocks", type=positive_int, default=2, help="N for --train last")
     tr.add_argument("--lora-rank", type=positive_int, default=8, help="adapter rank for --train lora")
-    tr.add_argument("--lora-alpha", type=float, default=16.0, help="adapter scale (alpha / rank) numerator for --train lora")
+    tr.add_argument("--lora-alpha", type=positive_float, default=16.0, help="adapter scale (alpha / rank) numerator for --train lora")
     tr.add_argument("--epochs", type=positive_int, default=2, help="passes over the training messages")
     tr.add_argument("--batch-size", type=positive_int, default=8, help="messages per optimizer step")
-    tr.add_argument("--lr", type=float, default=5e-5, help="peak AdamW learning rate")
+    tr.add_argument("--lr", type=positive_float, default=5e-5, help="peak AdamW learning rate")
     tr.add_argument("--warmup", type=fraction, default=0.05, help="linear warmup, as a fraction of all steps")
     tr.add_argument("--min-lr-ratio", type=fraction, default=0.1,
                     help="the cosine decay's final learning rate, as a fraction of --lr (1 = constant)")

@@ -42,8 +42,8 @@ class GenerationSettings:
     def __post_init__(self):
         if self.max_new_tokens < 0:
             raise ValueError("max_new_tokens must be >= 0")
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0 (0 means greedy)")
+        if not self.temperature >= 0:  # also NaN
+            raise ValueError("temperature must be a number >= 0 (0 means greedy)")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError("top_k must be >= 1")
         if self.top_p is not None and not 0 < self.top_p <= 1:

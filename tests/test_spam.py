@@ -199,16 +199,19 @@ def test_prepare_refuses_a_collection_too_small_for_splits_and_keeps_the_old_one
     assert (tmp_path / "data/natural/train.csv").read_text() == "label,text\nham,kept\n"
 
 
-def test_a_diverging_run_saves_nothing_and_the_good_checkpoint_stays(tiny_checkpoint, tokenizer, tmp_path, capsys):
-    """lr 1e30: the loss stops being a number within a few steps. The one loop stops it there with a clear error,
-    before anything is written, so the checkpoint already in --out still loads and answers as before."""
+@pytest.mark.parametrize("diverging", [["--lr", "1e30"], ["--train", "head", "--lr", "1e30"]], ids=["nan", "huge"])
+def test_a_diverging_run_saves_nothing_and_the_good_checkpoint_stays(diverging, tiny_checkpoint, tokenizer, tmp_path,
+                                                                      capsys):
+    """lr 1e30: the loss stops being a number (all weights) or explodes to ~1e31 and stays finite (the head alone)
+    within a few steps. The one loop stops it there with a clear error, before anything is written, so the
+    checkpoint already in --out still loads and answers as before."""
     for split in ("train", "validation"):
         write_split(synthetic_rows(24, 8), tmp_path / "data/natural" / f"{split}.csv")
     common = [*TRAIN_ON_THE_SPLIT_ONLY, "--data-dir", str(tmp_path / "data"), "--base", str(tiny_checkpoint),
               "--epochs", "1", "--batch-size", "8", "--eval-every", "2", "--out", str(tmp_path / "ck")]
     cli.train(cli.build_parser().parse_args(common))
     before = {f.name: f.read_bytes() for f in (tmp_path / "ck").iterdir() if f.is_file()}
-    assert cli.main([*common, "--lr", "1e30"]) == 2
+    assert cli.main([*common, *diverging]) == 2
     assert "training diverged, so nothing was saved" in capsys.readouterr().err
     assert {f.name: f.read_bytes() for f in (tmp_path / "ck").iterdir() if f.is_file()} == before
 

@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
                                        kv_cache_mb=args.kv_cache_mb)
     except ValueError as e:
         p.error(str(e))
+    from llm.device import pick_device
+    try:
+        pick_device(args.device)  # an unknown or absent device stops here, not as two models that never load
+    except ValueError as e:
+        p.error(str(e))
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
