@@ -52,6 +52,28 @@ def plan(args) -> list[tuple[str, Path, list[tuple[str, list[str]]]]]:
     return todo
 
 
+def unloadable(todo) -> list[tuple[str, Path, str]]:
+    """(what, checkpoint, why) for every checkpoint that is there but would not load: its config and the header of
+    its weights are read (no tensors), so a truncated file or the wrong kind of model is told now, not in the chat."""
+    from llm.checkpoint import CheckpointError, check_safetensors, read_config, require_task
+    from llm.serving.registry import INSTRUCT_MODEL_ID, SPAM_MODEL_ID, default_specs
+
+    missing = {ckpt for _, ckpt, _ in todo}
+    tasks = {SPAM_MODEL_ID: ("spam classifier", "classification"), INSTRUCT_MODEL_ID: ("assistant", "lm")}
+    found = []
+    for spec in default_specs():
+        what, task = tasks[spec.model_id]
+        ckpt = spec.checkpoint()
+        if ckpt in missing:
+            continue
+        try:
+            require_task(read_config(ckpt), task, ckpt)
+            check_safetensors(ckpt / "model.safetensors")
+        except CheckpointError as e:
+            found.append((what, ckpt, str(e)))
+    return found
+
+
 def command_line(module: str, argv: Sequence[str]) -> str:
     return shlex.join(["python", "-m", module, *argv])
 
@@ -77,9 +99,14 @@ def main(argv: Sequence[str] | None = None, runner: Callable[[str, list[str]], i
     p.add_argument("--max-minutes", type=float, default=None, help="cap on the assistant's training time (best checkpoint kept)")
     args = p.parse_args(argv)
 
-    todo = plan(args)
+    todo, broken = plan(args), []
+    for what, ckpt, why in unloadable(todo):
+        broken.append(what)
+        say(f"the {what} checkpoint at {ckpt} is there but will not load: {why}")
+        say(f"    move it away (or delete it) and run this again to create a new one; the app starts anyway and says "
+            f"the {what} is not available.")
     if not todo:
-        say("spam classifier and assistant checkpoints found: starting the app.")
+        say("starting the app." if broken else "spam classifier and assistant checkpoints found: starting the app.")
         return 0
     check_only = args.check or os.environ.get(SKIP_ENV, "").lower() in ("1", "true", "yes")
     for what, ckpt, steps in todo:

@@ -6,6 +6,7 @@ import pytest
 
 from finetune import prepare_app
 from llm.checkpoint import save_checkpoint
+from llm.model import GPTClassifier
 
 
 @pytest.fixture
@@ -53,7 +54,20 @@ def test_failures_and_ctrl_c_do_not_block_the_app(ckpts, capsys):
 
 
 def test_nothing_to_do(ckpts, tiny_model, capsys):
-    save_checkpoint(tiny_model, ckpts / "spam")
+    save_checkpoint(GPTClassifier(tiny_model.config, 2), ckpts / "spam", metadata={"labels": ["ham", "spam"]})
     save_checkpoint(tiny_model, ckpts / "instruct")
     assert prepare_app.main([], runner=lambda m, a: pytest.fail("nothing should run")) == 0
-    assert "checkpoints found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "checkpoints found" in err and "will not load" not in err
+
+
+def test_a_checkpoint_that_is_there_but_will_not_load_is_named_not_overwritten(ckpts, tiny_model, capsys):
+    save_checkpoint(tiny_model, ckpts / "spam")  # a language model where the classifier belongs
+    save_checkpoint(tiny_model, ckpts / "instruct")
+    weights = ckpts / "instruct/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    assert prepare_app.main([], runner=lambda m, a: pytest.fail("nothing should run")) == 0
+    err = capsys.readouterr().err
+    assert f"the spam classifier checkpoint at {ckpts / 'spam'} is there but will not load" in err
+    assert "the assistant checkpoint" in err and "truncated" in err and "checkpoints found" not in err
+    assert weights.stat().st_size == 1000  # left as it was
