@@ -101,16 +101,22 @@ CHALLENGE_FILE = Path(__file__).resolve().parent / "data" / "sms_challenge_6.csv
 def read_challenge(path: str | Path) -> list[tuple[str, str, str]]:
     """(label, text, category) rows of a challenge CSV with columns label,text,category."""
     import csv
+    import io
+
+    from llm.messages_file import MessagesFileError, decode_text
     path = Path(path)
     if not path.is_file():
         raise SpamDataError(f"{path} does not exist. Pass --challenge PATH (columns label,text,category) or --no-challenge.")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"label", "text", "category"} - set(reader.fieldnames or ())
-        if missing:
-            raise SpamDataError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(sorted(missing))}; "
-                                "a challenge file has the columns label,text,category")
-        rows = [(r["label"].strip(), r["text"], r["category"].strip()) for r in reader]
+    try:  # the encodings `predict --file` reads (UTF-8, UTF-16 with a BOM, Windows-1252), binary refused
+        text, _ = decode_text(path.name, path.read_bytes())
+    except MessagesFileError as e:
+        raise SpamDataError(f"{path}: {e}") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = {"label", "text", "category"} - set(reader.fieldnames or ())
+    if missing:
+        raise SpamDataError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(sorted(missing))}; "
+                            "a challenge file has the columns label,text,category")
+    rows = [(r["label"].strip(), r["text"] or "", (r["category"] or "").strip()) for r in reader]
     bad = [i + 2 for i, (lab, t, _) in enumerate(rows) if lab not in LABELS or not t.strip()]
     if bad:
         raise SpamDataError(f"{path}: line {', '.join(map(str, bad[:10]))}: the label must be ham or spam and the text non-empty")

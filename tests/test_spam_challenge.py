@@ -78,6 +78,13 @@ def test_read_challenge_refuses_bad_files(tmp_path):
         spam_eval.read_challenge(tmp_path / "badlabel.csv")
     with pytest.raises(SpamDataError, match="does not exist"):
         spam_eval.read_challenge(tmp_path / "missing.csv")
+    (tmp_path / "binary.csv").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(SpamDataError, match="binary.csv"):
+        spam_eval.read_challenge(tmp_path / "binary.csv")
+    # the encodings `predict --file` reads: Windows-1252 and UTF-16 with a BOM, as well as UTF-8
+    for encoding in ("cp1252", "utf-16"):
+        (tmp_path / "other.csv").write_bytes("label,text,category\nham,schön,family\n".encode(encoding))
+        assert spam_eval.read_challenge(tmp_path / "other.csv") == [("ham", "schön", "family")]
 
 
 # ----------------------------------------------------------------------------- transforms
