@@ -8,10 +8,11 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from finetune.optim import WeightAverage
-from llm.checkpoint import load_state, read_tensors, save_checkpoint
+from llm.checkpoint import check_safetensors, load_state, read_tensors, save_checkpoint
 from llm.model import GPT
 
 RESUME_DIR = "resume"
@@ -68,7 +69,12 @@ def find_resume(out: Path) -> Path | None:
 def load_resume(d: Path, model: GPT, opt: torch.optim.Optimizer, average: WeightAverage | None = None) -> dict:
     """Restore the weights, the optimizer and (when both the run and the saved state have one) the weight average;
     returns the state. An average the saved run did not keep starts from the restored weights."""
-    state = json.loads((d / STATE_FILE).read_text())
+    try:
+        state = json.loads((d / STATE_FILE).read_text())
+        if not isinstance(state, dict) or not isinstance(state.get("param_groups"), list):
+            raise ValueError("no param_groups list")
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # (JSONDecodeError is a ValueError)
+        raise _unreadable(d / STATE_FILE, e) from None
     load_state(model, read_tensors(d), str(d))
     if average is not None:
         if (d / AVERAGE_DIR).is_dir():
@@ -76,5 +82,14 @@ def load_resume(d: Path, model: GPT, opt: torch.optim.Optimizer, average: Weight
             average.updates = state.get("average_updates", 0)
         else:
             average.model.load_state_dict(model.state_dict())
-    opt.load_state_dict(_unflatten_optimizer(load_file(str(d / OPTIM_FILE)), state.pop("param_groups")))
+    check_safetensors(d / OPTIM_FILE, f"Start over with --fresh, or delete {d}.")  # never a pickle
+    try:
+        opt.load_state_dict(_unflatten_optimizer(load_file(str(d / OPTIM_FILE)), state.pop("param_groups")))
+    except (SafetensorError, KeyError, TypeError, ValueError) as e:  # another run's optimizer, a file cut short
+        raise _unreadable(d / OPTIM_FILE, e) from None
     return state
+
+
+def _unreadable(path: Path, e: Exception) -> ValueError:
+    return ValueError(f"{path} cannot be used to resume ({type(e).__name__}: {str(e)[:200]}). Start over with "
+                      f"--fresh (the run begins again from step 0), or delete {path.parent}.")

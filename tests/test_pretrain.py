@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from finetune.pretrain import build_parser, find_resume, train
+from finetune.pretrain import build_parser, find_resume, main, train
 from llm.pretrain_data import TokenData, block_starts, build_token_cache, split_documents
 from llm.weights import load_model
 
@@ -118,6 +118,19 @@ def test_stop_and_resume_matches_uninterrupted_run(corpus, tokenizer, tmp_path, 
     ha = json.loads((tmp_path / "straight/resume/state.json").read_text())["history"]
     hb = json.loads((tmp_path / "resumed/resume/state.json").read_text())["history"]
     assert [s for s, _ in ha["train"]] == [s for s, _ in hb["train"]] == list(range(1, 11))
+
+
+def test_a_damaged_resume_state_is_one_clear_error_naming_the_file(corpus, tokenizer, tmp_path, capsys):
+    common = ("--max-steps", "4", "--eval-every", "2", "--sample-every", "0", "--stop-after", "2")
+    pretrain(run_args(corpus, tmp_path / "run", *common))
+    resume = tmp_path / "run/resume"
+    for name, damage in (("state.json", b"{'not': json"), ("optimizer.safetensors", b"\x80\x04K\x01.")):
+        good = (resume / name).read_bytes()
+        (resume / name).write_bytes(damage)
+        assert main(run_args(corpus, tmp_path / "run", *common)) == 2
+        err = capsys.readouterr().err
+        assert name in err and "--fresh" in err and "Traceback" not in err
+        (resume / name).write_bytes(good)
 
 
 def test_torchrun_two_processes_match_one_with_grad_accum(corpus, tokenizer, tmp_path):
