@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Optional
 
 import chainlit as cl
 from chainlit.input_widget import Slider
@@ -278,7 +277,7 @@ async def owned_feedback_delete(request: Request, payload: DeleteFeedbackRequest
 
 # --------------------------------------------------------------------------- uploads
 async def upload_unless_empty(current_user: UserParam, session_id: str, file: UploadFile,
-                              ask_parent_id: Optional[str] = None):
+                              ask_parent_id: str | None = None):
     """Chainlit's upload, except that an empty file gets a 400 saying so, which the browser shows in its toast
     (Chainlit's own route fails on it with a 500, shown as a bare "Upload failed")."""
     if not await file.read(1):

@@ -21,31 +21,6 @@ class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (epochs, batch sizes, threads, ...)."""
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"a whole number of at least 1, not {text!r}")
-    return int(text)
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: a whole number >= 0 (where 0 means "off")."""
-    if not text.strip().isdigit():
-        raise argparse.ArgumentTypeError(f"a whole number of at least 0, not {text!r}")
-    return int(text)
-
-
-def fraction(text: str) -> float:
-    """argparse type: a number from 0 to 1 (probabilities, shares of steps or data)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value <= 1:  # also refuses NaN
-        raise argparse.ArgumentTypeError(f"a number from 0 to 1, not {text!r}")
-    return value
-
-
 def output_dir(text: str) -> str:
     """argparse type: where a run writes its checkpoint, checked before any work: not empty (that would be the
     current directory) and not an existing file."""
@@ -56,17 +31,6 @@ def output_dir(text: str) -> str:
     if not existing.is_dir():
         raise argparse.ArgumentTypeError(f"{existing} is a file; give a directory (it is created if missing)")
     return text
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a number > 0 (learning rates, minutes)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"a number above 0, not {text!r}")
-    return value
 
 
 def add_dtype_arg(parser) -> None:

@@ -33,9 +33,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from finetune.cli import DefaultsHelp, add_dtype_arg, cli_main, fraction, non_negative_int, output_dir, positive_float, positive_int
+from finetune.cli import DefaultsHelp, add_dtype_arg, cli_main, output_dir
 from finetune.loop import LoopSettings, fit, start, write_history
 from finetune.optim import adamw, autocast_dtype, warmup_cosine_schedule
+from llm.argtypes import fraction, non_negative_int, positive_float, positive_int
 from llm.checkpoint import CheckpointError, save_checkpoint
 from llm.download import DownloadError
 from llm.instruct import IGNORE_INDEX, InstructionDataError, collate, local_or_download, read_json_list, split_entries
@@ -341,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=("test", "val"),
                    help="the 110 test items (report) or the 55 validation items (to choose settings; default: %(default)s)")
     e.add_argument("--limit", type=positive_int, default=None, help="only the first N items")
-    e.add_argument("--examples", type=int, default=5, help="before/after examples kept in the JSON (default: %(default)s)")
+    e.add_argument("--examples", type=non_negative_int, default=5, help="before/after examples kept in the JSON (default: %(default)s)")
     e.add_argument("--out", default=None, help="results JSON (default: DPO/preference_eval.json)")
     e.add_argument("--batch-size", type=positive_int, default=16)
     e.add_argument("--threads", type=positive_int, default=None)

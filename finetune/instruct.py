@@ -21,10 +21,11 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from finetune.cli import DefaultsHelp, add_dtype_arg, cli_main, fraction, non_negative_int, output_dir, positive_float, positive_int
+from finetune.cli import DefaultsHelp, add_dtype_arg, cli_main, output_dir
 from finetune.instruct_eval import OLLAMA_URL, cmd_eval
 from finetune.loop import LoopSettings, fit, start, write_history
 from finetune.optim import adamw, autocast_dtype, length_grouped_batches, warmup_cosine_schedule
+from llm.argtypes import fraction, non_negative_int, positive_float, positive_int
 from llm.checkpoint import CheckpointError, save_checkpoint
 from llm.download import DownloadError
 from llm.generate import add_generation_args, add_runtime_args, settings_from_args
@@ -279,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--patience", type=non_negative_int, default=3, help="early stop after N evaluations without improvement (0 = never)")
     q.add_argument("--max-minutes", type=positive_float, default=None, help="stop training after this long (the best checkpoint is kept)")
     q.add_argument("--limit", type=positive_int, default=None, help="use only the first N training examples")
-    q.add_argument("--val-limit", type=int, default=None, help="use only the first N validation examples")
+    q.add_argument("--val-limit", type=positive_int, default=None, help="use only the first N validation examples")
     q.add_argument("--seed", type=int, default=123)
     q.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     add_runtime_args(q)

@@ -40,12 +40,20 @@ LOSS_CEILING = 1e4  # a mean cross-entropy (or DPO) loss above this is an explos
 
 
 class TrainingDiverged(ValueError):
-    """The loss (or a validation metric) stopped being a finite number: raised before anything is saved, so a
-    diverged run never replaces a good checkpoint."""
+    """The loss (or a validation metric) stopped being a finite number, or exploded past LOSS_CEILING: raised before
+    anything is saved, so a diverged run never replaces a good checkpoint."""
 
     def __init__(self, what: str):
         super().__init__(f"{what}: training diverged, so nothing was saved. Lower --lr (or check the settings "
                          "that changed) and run again.")
+
+
+class NothingLearned(ValueError):
+    """A fine-tune whose validation never beat the weights it started from (step 0): saving would only copy them."""
+
+    def __init__(self, best: str):
+        super().__init__(f"no validation after step 0 beat the weights training started from ({best}), so nothing "
+                         "was saved. Train for longer (--epochs, --max-minutes) or change --lr, and run again.")
 
 
 class Trainer(Protocol):
@@ -73,7 +81,7 @@ class LoopSettings:
 
 @dataclass
 class LoopResult:
-    best_state: dict[str, torch.Tensor] | None  # the kept weights (cpu) at the best validation; None if never better
+    best_state: dict[str, torch.Tensor] | None  # the kept weights (cpu) at the best validation; None without keep_best
     best: dict[str, Any]  # {"step", "epoch", **metrics} of the best validation
     steps: int
     seconds: float
@@ -197,8 +205,7 @@ def fit(model: torch.nn.Module, trainer: Trainer, settings: LoopSettings, optimi
             break
     bar.close()
     if settings.validate_at_start and settings.keep_best and step > settings.start_step and best["step"] == 0:
-        raise TrainingDiverged(f"no validation after step 0 beat the weights training started from "
-                               f"({', '.join(f'{k} {v:.4g}' for k, v in best.items() if k not in ('step', 'epoch'))})")
+        raise NothingLearned(", ".join(f"{k} {v:.4g}" for k, v in best.items() if k not in ("step", "epoch")))
     return LoopResult(best_state, best, step, time.perf_counter() - t0, stopped, history)
 
 

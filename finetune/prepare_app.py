@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from llm.argtypes import positive_float
+
 SKIP_ENV = "LLM_SKIP_TRAINING"
 
 
@@ -55,7 +57,7 @@ def plan(args) -> list[tuple[str, Path, list[tuple[str, list[str]]]]]:
 def unloadable(todo) -> list[tuple[str, Path, str]]:
     """(what, checkpoint, why) for every checkpoint that is there but would not load: its config and the header of
     its weights are read (no tensors), so a truncated file or the wrong kind of model is told now, not in the chat."""
-    from llm.checkpoint import CheckpointError, check_safetensors, read_config, require_task
+    from llm.checkpoint import WEIGHTS_FILE, CheckpointError, check_safetensors, read_config, require_task
     from llm.serving.registry import INSTRUCT_MODEL_ID, SPAM_MODEL_ID, default_specs
 
     missing = {ckpt for _, ckpt, _ in todo}
@@ -68,7 +70,7 @@ def unloadable(todo) -> list[tuple[str, Path, str]]:
             continue
         try:
             require_task(read_config(ckpt), task, ckpt)
-            check_safetensors(ckpt / "model.safetensors")
+            check_safetensors(ckpt / WEIGHTS_FILE)
         except CheckpointError as e:
             found.append((what, ckpt, str(e)))
     return found
@@ -96,7 +98,7 @@ def main(argv: Sequence[str] | None = None, runner: Callable[[str, list[str]], i
     p.add_argument("--base", default=None, help="base model for the fine-tunes: preset or directory (default: $LLM_BASE, else gpt2)")
     p.add_argument("--sms-data", default=None, help="local SMSSpamCollection or the UCI zip (default: $LLM_SPAM_DATA, else download)")
     p.add_argument("--instruction-data", default=None, help="local instruction-data.json (default: $LLM_INSTRUCTION_DATA, else download)")
-    p.add_argument("--max-minutes", type=float, default=None, help="cap on the assistant's training time (best checkpoint kept)")
+    p.add_argument("--max-minutes", type=positive_float, default=None, help="cap on the assistant's training time (best checkpoint kept)")
     args = p.parse_args(argv)
 
     todo, broken = plan(args), []

@@ -31,10 +31,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from finetune.cli import DefaultsHelp, add_dtype_arg, output_dir, positive_float, positive_int, run_command
+from finetune.cli import DefaultsHelp, add_dtype_arg, output_dir, run_command
 from finetune.loop import LoopSettings, fit
 from finetune.resume import find_resume, load_resume, save_resume
 from finetune.optim import WeightAverage, adamw, autocast, autocast_dtype, warmup_cosine
+from llm.argtypes import fraction, non_negative_int, positive_float, positive_int
 from llm.checkpoint import CheckpointError, read_config, save_checkpoint
 from llm.config import PRESETS, GPTConfig
 from llm.generate import GenerationSettings, generate
@@ -213,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data", nargs="+", required=True, help="plain-text files; documents separated by <|endoftext|> or blank lines")
     g.add_argument("--out", type=output_dir, required=True, help="output checkpoint directory (resume state lives in OUT/resume/)")
     g.add_argument("--cache-dir", default=None, help="where the uint16 token cache goes (default: OUT/tokens)")
-    g.add_argument("--val-fraction", type=float, default=0.01, help="fraction of the tokens held out for validation")
+    g.add_argument("--val-fraction", type=fraction, default=0.01, help="fraction of the tokens held out for validation")
     g.add_argument("--bpe-dir", default=None, help="folder with GPT-2's encoder.json + vocab.bpe for offline use (default: $LLM_BPE_DIR)")
     g = p.add_argument_group("model")
     g.add_argument("--shape", default="gpt2", help=f"preset ({', '.join(PRESETS)}) or n_layer/n_head/n_embd/context, e.g. 10/8/512/1024")
@@ -222,10 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=positive_int, default=8, help="micro-batch per device (sequences)")
     g.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per optimizer step on each device")
-    g.add_argument("--max-steps", type=int, default=5000, help="optimizer steps in total")
+    g.add_argument("--max-steps", type=positive_int, default=5000, help="optimizer steps in total")
     g.add_argument("--lr", type=positive_float, default=6e-4, help="peak learning rate")
     g.add_argument("--min-lr", type=float, default=None, help="final learning rate of the cosine (default: lr/10)")
-    g.add_argument("--warmup-steps", type=int, default=100, help="steps of linear learning-rate warmup")
+    g.add_argument("--warmup-steps", type=non_negative_int, default=100, help="steps of linear learning-rate warmup")
     g.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (matrices and embeddings only)")
     g.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1")
     g.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
@@ -236,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(0 = off; the live weights and the average both resume)")
     g = p.add_argument_group("evaluation and checkpoints")
     g.add_argument("--eval-every", type=positive_int, default=250, help="steps between validation losses (and checkpoints)")
-    g.add_argument("--eval-iters", type=int, default=20, help="validation micro-batches per evaluation")
-    g.add_argument("--save-every", type=int, default=None, help="steps between checkpoints (default: --eval-every)")
+    g.add_argument("--eval-iters", type=positive_int, default=20, help="validation micro-batches per evaluation")
+    g.add_argument("--save-every", type=positive_int, default=None, help="steps between checkpoints (default: --eval-every)")
     g.add_argument("--sample-every", type=int, default=None, help="steps between sample generations (default: --eval-every; 0 = never)")
     g.add_argument("--sample-prompt", action="append", default=None, help="prompt for the samples (repeatable; default: start of a document)")
     g.add_argument("--sample-tokens", type=int, default=48, help="tokens per sample generation")

@@ -32,13 +32,14 @@ import torch
 import torch.nn.functional as F
 
 from finetune.calibration import calibrate_checkpoint
-from finetune.cli import DefaultsHelp, add_dtype_arg, cli_main, fraction, non_negative_int, output_dir, positive_float, positive_int
+from finetune.cli import DefaultsHelp, add_dtype_arg, cli_main, output_dir
 from finetune.loop import LoopSettings, fit, start, write_history
 from finetune.optim import adamw, autocast_dtype, length_grouped_batches, warmup_cosine_schedule
 from finetune.sms_synth import TRAIN_NOISE_PROBABILITY, noisy
 from finetune.spam_data import DATA_DIR, authored_rows, prepare, read_labelled, synthetic_rows, validation_rows
 from finetune.spam_eval import CHALLENGE_FILE, clf_path_default, run_eval
 from finetune.spam_predict import predict
+from llm.argtypes import checked, fraction, non_negative_int, positive_float, positive_int
 from llm.checkpoint import CheckpointError, save_checkpoint
 from llm.download import DownloadError
 from llm.generate import add_runtime_args
@@ -232,24 +233,8 @@ def run_calibrate(args) -> dict:
 # CLI
 # ---------------------------------------------------------------------------------------------
 
-def threshold_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = None
-    if value is None or not valid_threshold(value):
-        raise argparse.ArgumentTypeError(f"a threshold is a number strictly between 0 and 1, not {text!r}")
-    return value
-
-
-def precision_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = None
-    if value is None or not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"a target precision is a number in (0, 1], not {text!r}")
-    return value
+threshold_arg = checked(float, valid_threshold, "a threshold is a number strictly between 0 and 1")
+precision_arg = checked(float, lambda v: 0 < v <= 1, "a target precision is a number in (0, 1]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", type=output_dir, default="checkpoints/spam", help="checkpoint directory (best validation model)")
     tr.add_argument("--train", default="all", choices=("head", "last", "all", "lora"),
                     help="what trains: the head only, the last N blocks + final norm + head, everything, or LoRA adapters")
-    tr.add_argument("--last-blocks", type=positive_int, default=2, help="N for --train last")
+    tr.add_argument("--last-blocks", type=non_negative_int, default=2, help="N for --train last")
     tr.add_argument("--lora-rank", type=positive_int, default=8, help="adapter rank for --train lora")
     tr.add_argument("--lora-alpha", type=positive_float, default=16.0, help="adapter scale (alpha / rank) numerator for --train lora")
     tr.add_argument("--epochs", type=positive_int, default=2, help="passes over the training messages")

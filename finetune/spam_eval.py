@@ -116,7 +116,7 @@ def read_challenge(path: str | Path) -> list[tuple[str, str, str]]:
     if missing:
         raise SpamDataError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(sorted(missing))}; "
                             "a challenge file has the columns label,text,category")
-    rows = [(r["label"].strip(), r["text"] or "", (r["category"] or "").strip()) for r in reader]
+    rows = [((r["label"] or "").strip(), r["text"] or "", (r["category"] or "").strip()) for r in reader]
     bad = [i + 2 for i, (lab, t, _) in enumerate(rows) if lab not in LABELS or not t.strip()]
     if bad:
         raise SpamDataError(f"{path}: line {', '.join(map(str, bad[:10]))}: the label must be ham or spam and the text non-empty")

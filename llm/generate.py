@@ -59,15 +59,17 @@ class GenerationResult:
     extra: dict = field(default_factory=dict)
 
 
-def fit_prompt(ids: list[int], max_new_tokens: int, context: int, eot_id: int) -> tuple[list[int], int, int]:
+def fit_prompt(ids: list[int], max_new_tokens: int, context: int, eot_id: int,
+               fewer_tokens_first: bool = True) -> tuple[list[int], int, int]:
     """Make prompt + new tokens fit the context (each with a notice): first fewer new tokens, down to a quarter of
     the context (so a huge max_new_tokens never throws the prompt away), then the oldest prompt tokens dropped.
+    fewer_tokens_first=False only drops prompt tokens (a batch, whose rows must all get the same max_new_tokens).
 
     Returns (prompt ids, max new tokens, number of prompt tokens dropped).
     """
     ids = list(ids) or [eot_id]  # GPT-2 starts documents after <|endoftext|>
     max_new = min(max_new_tokens, context - 1)
-    if len(ids) + max_new > context:
+    if fewer_tokens_first and len(ids) + max_new > context:
         lowered = max(min(max_new, context // 4), context - len(ids))
         if lowered < max_new:
             log.warning("max_new_tokens lowered from %d to %d to fit the %d-token context", max_new, lowered, context)
@@ -234,7 +236,7 @@ def generate_batch(model: GPT, tokenizer: Tokenizer, prompts: Sequence[str | lis
     max_new = s.max_new_tokens
     for p in prompts:
         ids, max_new, d = fit_prompt(tokenizer.encode(p) if isinstance(p, str) else list(p), s.max_new_tokens,
-                                     context, tokenizer.eot_id)
+                                     context, tokenizer.eot_id, fewer_tokens_first=False)
         encoded.append(ids)
         dropped.append(d)
     width = max(map(len, encoded))

@@ -303,6 +303,8 @@ def test_a_forward_pass_stays_within_the_token_budget_and_jobs_take_turns():
     assert all(len(p) * max(map(len, p)) <= 100 or len(p) == 1 for p in passes), passes
     assert ["y" * 300] in passes  # over the budget alone: still classified, on its own
     assert "z" * 30 in passes[1]  # the short job was served at the second pass, not after the long one
+    assert asyncio.run(engine.classify(clf, [])) == []  # nothing to do: done at once, never queued
+    assert asyncio.run(engine.classify(clf, ["after"])) == [("ham", 0.1)]  # and the engine goes on
     engine.close()
 
 

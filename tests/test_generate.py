@@ -76,6 +76,9 @@ def test_long_prompt_is_truncated_from_the_left_with_a_notice(tiny_model, tokeni
     assert fit_prompt(ids[:30], 100_000, context, tokenizer.eot_id) == (ids[:30], context - 30, 0)
     kept, max_new, cut = fit_prompt(ids[:context - 5], 100_000, context, tokenizer.eot_id)
     assert max_new == context // 4 and kept == ids[:context - 5][cut:] and len(kept) + max_new == context
+    # a batch keeps one answer length for every row: only the prompt is cut there
+    kept, max_new, cut = fit_prompt(ids[:30], 100_000, context, tokenizer.eot_id, fewer_tokens_first=False)
+    assert max_new == context - 1 and kept == ids[29:30] and cut == 29
     with caplog.at_level(logging.WARNING, logger="llm"):
         result = generate(tiny_model, tokenizer, ids, GenerationSettings(max_new_tokens=20))
     assert "truncated from the left" in caplog.text

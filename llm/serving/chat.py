@@ -171,7 +171,7 @@ def explanation_text(explanation) -> str:
 
 
 async def explain_reply(runtime, text: str) -> str | None:
-    """For a paste of one message, the words that drove its verdict (one batched forward pass); else None."""
+    """For a paste of one message, the words that drove its verdict (occlusion, scored by the engine); else None."""
     messages = check_spam_text(text)
     if len(messages) != 1:
         return None

@@ -73,8 +73,8 @@ class _Sequence:
 
 @dataclass(eq=False)
 class _ClassifyJob:
-    classifier: Any  # has .classify(list of texts or rows) -> one result each; may have .row_tokens(item) -> int
-    texts: list[str]
+    classifier: Any  # has .classify(list of items) -> one result each; may have .row_tokens(item) -> int
+    texts: list  # the items: texts, or token rows of explanations
     sink: Sink
     results: list = field(default_factory=list)
     cancelled: bool = False
@@ -113,8 +113,11 @@ class GenerationEngine:
             self._lock.notify()
         return seq
 
-    def submit_classify(self, classifier, texts: list[str], sink: Sink) -> _ClassifyJob:
+    def submit_classify(self, classifier, texts: list, sink: Sink) -> _ClassifyJob:
         job = _ClassifyJob(classifier, list(texts), sink)
+        if not job.texts:  # nothing to do: done now, never queued
+            sink("done", [])
+            return job
         with self._lock:
             if self._closed:
                 raise RuntimeError("the engine is closed")
@@ -166,7 +169,7 @@ class GenerationEngine:
         """Submit from the event loop; iterate the returned Stream for the text pieces."""
         return Stream(self, lm, prompt_ids, settings)
 
-    async def classify(self, classifier, texts: list[str]) -> list[tuple[str, float]]:
+    async def classify(self, classifier, texts: list) -> list:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
 
@@ -424,7 +427,10 @@ class GenerationEngine:
         for job, texts in offered:
             take = 0
             for text in texts:
-                tokens = count(text) if count else 0
+                try:
+                    tokens = count(text) if count else 0
+                except Exception:  # noqa: BLE001 - a text that cannot be counted fails in classify, for its job alone
+                    tokens = 0
                 if rows and (rows + 1) * max(longest, tokens) > self.limits.classify_tokens:
                     break
                 rows, longest, take = rows + 1, max(longest, tokens), take + 1

@@ -47,7 +47,7 @@ MAX_NEW_TOKENS = 1_024  # upper bound of the API's max_tokens (the whole context
 DEFAULT_MAX_NEW_TOKENS = 256
 MAX_TEXT_CHARS = 10_000  # one message to classify (the classifier reads its first max_length tokens anyway)
 MAX_TEXTS = 500  # messages classified per request (API) or per paste (app)
-MAX_EXPLAIN_TEXTS = 16  # messages explained per request: each costs a forward pass of up to 129 rows
+MAX_EXPLAIN_TEXTS = 16  # messages explained per request: each is up to 129 rows (the message, then without each word)
 MAX_STOP = 4  # stop sequences per request, as in OpenAI's API
 MAX_STOP_CHARS = 64
 MAX_SEED = 2**63 - 1  # sampling seeds are 0 .. 2^63 - 1 (torch's generator takes 64 bits)
@@ -61,6 +61,7 @@ DISCONNECT_GRACE_S = 10.0  # a closed tab, reload or new chat stops that chat's 
 # unless its socket came back (a network blip): the API stops a request at once when its client goes (no reconnects)
 
 # The API only: it receives whole conversations in one JSON body.
+CLIENT_CHECK_S = 0.5  # how often a non-streamed request checks that its client is still connected (gone: cancelled)
 MAX_BODY_BYTES = 2 * 1024 * 1024  # any request body; larger -> 413 before parsing
 MAX_MESSAGES = 64  # messages per chat request
 MAX_CONTENT_PARTS = 64  # text parts in one message's content list (their text together: MAX_MESSAGE_CHARS)

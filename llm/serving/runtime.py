@@ -51,6 +51,7 @@ class _ExplanationRows:
 class Runtime:
     def __init__(self, specs: list[ModelSpec], limits: EngineLimits | None = None, load_now: bool = True):
         self.engine = GenerationEngine(limits or EngineLimits.from_env())
+        self._explainer: _ExplanationRows | None = None
         self.registry = ModelRegistry([replace(s, loader=self._warmed(s.loader)) if s.model_id == INSTRUCT_MODEL_ID
                                        else s for s in specs])
         if load_now:
@@ -95,7 +96,9 @@ class Runtime:
         classifier = await self.registry.get(SPAM_MODEL_ID)
         # tokenizing up to 129 variants per text: off the event loop (no torch here, so no OpenMP team either)
         prepared = await asyncio.to_thread(lambda: [classifier.explain_rows(t) for t in texts])
-        p = await self.engine.classify(_ExplanationRows(classifier), [row for _, rows in prepared for row in rows])
+        if self._explainer is None or self._explainer.classifier is not classifier:  # one per model: callers share passes
+            self._explainer = _ExplanationRows(classifier)
+        p = await self.engine.classify(self._explainer, [row for _, rows in prepared for row in rows])
         out, start = [], 0
         for words, rows in prepared:
             out.append(explanation(words, p[start:start + len(rows)]))

@@ -5,6 +5,7 @@ import argparse
 import logging
 import socket
 
+from llm.argtypes import port_number, positive_int
 from llm.serving.http.app import API_KEY_ENV, create_app
 from llm.serving.limits import EngineLimits
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-running", type=int, default=None, help=f"sequences decoded together (default: $LLM_MAX_RUNNING or {defaults.max_running})")
     p.add_argument("--max-waiting", type=int, default=None, help=f"requests queued beyond those before 429 (default: $LLM_MAX_WAITING or {defaults.max_waiting})")
     p.add_argument("--kv-cache-mb", type=int, default=None, help=f"KV cache memory in MiB (default: $LLM_KV_CACHE_MB or {defaults.kv_cache_mb})")
-    p.add_argument("--threads", type=at_least_one, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--shutdown-timeout", type=float, default=10.0, help="seconds to wait for open requests on Ctrl-C/SIGTERM (default: %(default)s)")
     add_runtime_args(p)
     args = p.parse_args(argv)
@@ -46,27 +47,17 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     import uvicorn
     try:  # bound before the models start loading: a port in use is one line, not a crash at exit
-        sock = socket.create_server((args.host, args.port))
-    except (OSError, OverflowError) as e:
-        p.error(f"cannot listen on {args.host}:{args.port} ({getattr(e, 'strerror', None) or e}): is another server "
-                "using that port? Pick another --port, or a --host this machine has.")
+        sock = socket.create_server((args.host, args.port), family=socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    except OSError as e:
+        p.error(f"cannot listen on {args.host}:{args.port} ({e.strerror or e}): is another server using that port? "
+                "Pick another --port, or a --host this machine has.")
     runtime = Runtime.from_env(args.spam_checkpoint, args.instruct_checkpoint, args.device, args.precision,
                                args.bpe_dir, limits=limits)
     config = uvicorn.Config(create_app(runtime), log_level="info", timeout_graceful_shutdown=args.shutdown_timeout)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    logging.getLogger("llm.api").info("listening on http://%s:%d (Ctrl-C to stop)", host, args.port)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
-
-
-def port_number(text: str) -> int:
-    if not text.strip().isdigit() or not 1 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"a port number from 1 to 65535, not {text!r}")
-    return int(text)
-
-
-def at_least_one(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"a whole number of at least 1, not {text!r}")
-    return int(text)
 
 
 if __name__ == "__main__":

@@ -38,14 +38,13 @@ from llm.generate import GenerationSettings
 from llm.serving.engine import EngineBusy
 from llm.serving.http.schemas import (ChatCompletion, ChatCompletionRequest, ClassifyRequest, ClassifyResponse,
                                       ModelList, error_responses, to_instruction)
-from llm.serving.limits import DEFAULT_MAX_NEW_TOKENS, MAX_BODY_BYTES
+from llm.serving.limits import CLIENT_CHECK_S, DEFAULT_MAX_NEW_TOKENS, MAX_BODY_BYTES
 from llm.serving.registry import INSTRUCT_MODEL_ID, SPAM_MODEL_ID
 from llm.serving.runtime import ContextOverflow, ModelUnavailable, Runtime
 
 log = logging.getLogger("llm.api")
 
 API_KEY_ENV = "LLM_API_KEY"
-CLIENT_CHECK_S = 0.5  # how often a non-streamed request checks that its client is still connected
 
 
 class APIError(Exception):

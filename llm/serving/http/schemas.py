@@ -115,14 +115,14 @@ class ClassifyRequest(BaseModel):
     threshold: float | None = Field(default=None, gt=0, lt=1, allow_inf_nan=False,
                                     description="operating point on the calibrated p_spam for this request "
                                                 "(default: the checkpoint's)")
-    explain: bool = Field(default=False, description="add each text's most influential words (occlusion: one "
-                                                    "forward pass per text, so slower)")
+    explain: bool = Field(default=False, description="add each text's most influential words (occlusion: the text "
+                                                    "scored again without each word, so slower)")
 
     @model_validator(mode="after")
     def _check_explain_size(self):
         if self.explain and len(self.texts) > MAX_EXPLAIN_TEXTS:
-            raise ValueError(f"with explain, at most {MAX_EXPLAIN_TEXTS} texts per request (each costs a forward pass "
-                             f"per word); send the others without explain")
+            raise ValueError(f"with explain, at most {MAX_EXPLAIN_TEXTS} texts per request (each is scored again "
+                             f"without each of its words); send the others without explain")
         return self
 
     @field_validator("texts")
