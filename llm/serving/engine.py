@@ -10,10 +10,9 @@ every iteration of the scheduler thread
      whatever the batch, which is why many streams cost little more than one on a memory-bound CPU);
      each row is sampled with its own settings and seeded generator, and its text goes through its
      own `TextStream` (stop strings held back, UTF-8 never split);
-  4. classifies at most `classify_batch` waiting texts, and at most `classify_tokens` padded tokens (the spam
-     checks and explanations of the app and the API), so a 20,000-row upload or a long message's explanation
-     interleaves with everyone's chat instead of blocking it; jobs take turns, so a short check is not stuck
-     behind a long one.
+  4. runs one classification pass (`llm.serving.classify`: at most `classify_batch` texts and `classify_tokens`
+     padded tokens of the spam checks and explanations of the app and the API), so a 20,000-row upload or a long
+     message's explanation interleaves with everyone's chat instead of blocking it.
 
 A finished or cancelled sequence leaves at once and frees its slot; waiting requests join the batch
 at the next iteration. Callers hold a `Stream` (an async iterator of text pieces) or await
@@ -28,12 +27,13 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 from llm.generate import GenerationResult, GenerationSettings, TextStream, fit_prompt, is_greedy, sample_next
+from llm.serving.classify import ClassifyJob, ClassifyQueue
 from llm.serving.kv import SlotCache, slots_for
 from llm.serving.limits import EngineLimits
 from llm.serving.stream import Stream, call_soon
@@ -71,23 +71,13 @@ class _Sequence:
         return self.prefilled + max(0, len(self.result.ids) - 1)
 
 
-@dataclass(eq=False)
-class _ClassifyJob:
-    classifier: Any  # has .classify(list of items) -> one result each; may have .row_tokens(item) -> int
-    texts: list  # the items: texts, or token rows of explanations
-    sink: Sink
-    results: list = field(default_factory=list)
-    cancelled: bool = False
-
-
 class GenerationEngine:
     def __init__(self, limits: EngineLimits | None = None):
         self.limits = limits or EngineLimits()
         self._lock = threading.Condition()
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []  # running[i] lives in KV slot i
-        self._jobs: deque[_ClassifyJob] = deque()
-        self._queued_texts = 0
+        self._classify = ClassifyQueue(self.limits, self._lock)  # shares the lock: a new job wakes the scheduler
         self._lm: Any = None
         self._cache: SlotCache | None = None
         self._thread: threading.Thread | None = None
@@ -113,28 +103,26 @@ class GenerationEngine:
             self._lock.notify()
         return seq
 
-    def submit_classify(self, classifier, texts: list, sink: Sink) -> _ClassifyJob:
-        job = _ClassifyJob(classifier, list(texts), sink)
+    def submit_classify(self, classifier, texts: list, sink: Sink) -> ClassifyJob:
+        job = ClassifyJob(classifier, list(texts), sink)
         if not job.texts:  # nothing to do: done now, never queued
             sink("done", [])
             return job
         with self._lock:
             if self._closed:
                 raise RuntimeError("the engine is closed")
-            if self._queued_texts + len(texts) > self.limits.classify_max_queued:
-                raise EngineBusy("texts to classify", self._queued_texts)
-            self._jobs.append(job)
-            self._queued_texts += len(texts)
+            if not self._classify.add(job):
+                raise EngineBusy("texts to classify", self._classify.queued)
             self._start()
             self._lock.notify()
         return job
 
-    def cancel(self, item: _Sequence | _ClassifyJob) -> None:
+    def cancel(self, item: _Sequence | ClassifyJob) -> None:
         """Stop a request: it leaves at the next iteration (its slot is freed); others are untouched."""
         with self._lock:
             item.cancelled = True
-            if isinstance(item, _ClassifyJob):  # give its queue space back now, not when it reaches the head
-                self._drop_job(item)
+            if isinstance(item, ClassifyJob):  # give its queue space back now, not when it reaches the head
+                self._classify.drop(item)
             self._lock.notify()
 
     def queue_position(self, seq: _Sequence) -> int:
@@ -149,7 +137,7 @@ class GenerationEngine:
         return {"running": len(self._running), "waiting": len(self._waiting),
                 "slots": cache.slots if cache is not None else None,
                 "max_running": self.limits.max_running, "max_waiting": self.limits.max_waiting,
-                "kv_cache_bytes": cache.nbytes if cache is not None else 0, "texts_to_classify": self._queued_texts}
+                "kv_cache_bytes": cache.nbytes if cache is not None else 0, "texts_to_classify": self._classify.queued}
 
     def close(self) -> None:
         """Stop the scheduler; whatever is still queued or running gets an error instead of waiting forever."""
@@ -160,9 +148,9 @@ class GenerationEngine:
             self._thread.join(timeout=10)
         closed = RuntimeError("the server is shutting down")
         with self._lock:
-            for item in [*self._waiting, *self._running, *self._jobs]:
+            for item in [*self._waiting, *self._running, *self._classify.jobs]:
                 item.sink("error", closed)
-            self._waiting.clear(), self._running.clear(), self._jobs.clear()
+            self._waiting.clear(), self._running.clear(), self._classify.jobs.clear()
 
     # ------------------------------------------------------------------ async conveniences
     def stream(self, lm, prompt_ids: list[int], settings: GenerationSettings) -> Stream:
@@ -215,7 +203,7 @@ class GenerationEngine:
         with torch.inference_mode():
             while True:
                 with self._lock:
-                    while not (self._closed or self._waiting or self._running or self._jobs):
+                    while not (self._closed or self._waiting or self._running or self._classify.jobs):
                         self._lock.wait()
                     if self._closed:
                         return
@@ -265,7 +253,7 @@ class GenerationEngine:
     def _iteration(self) -> None:
         self._prefill()
         self._decode()
-        self._classify_some()
+        self._classify.one_pass()
         finished = [i for i, s in enumerate(self._running) if s.state == "done"]
         if finished:
             with self._lock:
@@ -368,86 +356,6 @@ class GenerationEngine:
         seq.result.stopped_by = reason
         seq.result.text = seq.text.text
         seq.sink("done", seq.result)
-
-    def _classify_some(self) -> None:
-        """One forward pass for the head job's classifier: up to classify_batch texts and classify_tokens padded
-        tokens (when the classifier can count them: `row_tokens`), from the jobs in line. The head job then goes to
-        the back of the line, so a long job (an upload, explanations) and a short one take turns."""
-        with self._lock:  # (cancelled jobs have already left the queue: see cancel)
-            head = self._jobs[0].classifier if self._jobs else None
-            offered, n = [], 0
-            for job in self._jobs:  # one forward pass, for one classifier (a process has one)
-                if n >= self.limits.classify_batch:
-                    break
-                if job.classifier is head:
-                    texts = self._next_texts(job, self.limits.classify_batch - n)
-                    offered.append((job, texts))
-                    n += len(texts)
-        if not offered:
-            return
-        picked = self._within_budget(head, offered)  # tokenizing happens here, outside the lock
-        try:
-            verdicts = head.classify([t for _, texts in picked for t in texts])
-        except Exception:  # one caller's bad text must not fail the others: each job again, alone
-            verdicts = None
-        outcomes, start = [], 0
-        for job, texts in picked:
-            if verdicts is not None:
-                outcomes.append(verdicts[start:start + len(texts)])
-                start += len(texts)
-                continue
-            try:
-                outcomes.append(head.classify(texts))
-            except Exception as e:  # a bad input or a bug: this job fails, with the error
-                log.exception("classify failed")
-                outcomes.append(e)
-        with self._lock:
-            for (job, texts), outcome in zip(picked, outcomes):
-                if job not in self._jobs:  # cancelled while it was being classified
-                    continue
-                if isinstance(outcome, Exception):
-                    self._drop_job(job)
-                    job.sink("error", outcome)
-                    continue
-                job.results.extend(outcome)
-                self._queued_texts -= len(texts)
-                if len(job.results) == len(job.texts):
-                    self._jobs.remove(job)
-                    job.sink("done", job.results)
-            first = picked[0][0]
-            if first in self._jobs and len(self._jobs) > 1:  # unfinished: the others go first next time
-                self._jobs.remove(first)
-                self._jobs.append(first)
-
-    def _within_budget(self, classifier, offered: list) -> list:
-        """The longest prefix of the offered texts whose padded size (rows x the longest row) fits classify_tokens;
-        at least one text."""
-        count = getattr(classifier, "row_tokens", None)
-        picked, rows, longest = [], 0, 0
-        for job, texts in offered:
-            take = 0
-            for text in texts:
-                try:
-                    tokens = count(text) if count else 0
-                except Exception:  # noqa: BLE001 - a text that cannot be counted fails in classify, for its job alone
-                    tokens = 0
-                if rows and (rows + 1) * max(longest, tokens) > self.limits.classify_tokens:
-                    break
-                rows, longest, take = rows + 1, max(longest, tokens), take + 1
-            if take:
-                picked.append((job, texts[:take]))
-            if take < len(texts):
-                break
-        return picked
-
-    @staticmethod
-    def _next_texts(job: _ClassifyJob, take: int) -> list[str]:
-        return job.texts[len(job.results):len(job.results) + take]
-
-    def _drop_job(self, job: _ClassifyJob) -> None:
-        if job in self._jobs:
-            self._jobs.remove(job)
-            self._queued_texts -= len(job.texts) - len(job.results)
 
 
 def _decode_mask(positions: torch.Tensor, span: int, dtype: torch.dtype) -> torch.Tensor:
