@@ -496,6 +496,22 @@ def test_a_client_that_leaves_before_a_whole_answer_frees_the_slot(live):
     assert runtime.engine.steps - steps_before < 800  # cancelled, not run to the end
 
 
+def test_a_body_that_stops_arriving_is_a_408_not_a_connection_held_for_ever(spam_ckpt, instruct_ckpt, monkeypatch):
+    import socket
+    monkeypatch.setattr(api, "BODY_READ_TIMEOUT_S", 0.5)
+    runtime = runtime_of(spam_loader(spam_ckpt), instruct_loader(instruct_ckpt))
+    with LiveServer(api.create_app(runtime, api_key="")) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"texts\": [")  # and then nothing
+            started = time.monotonic()
+            answer = sock.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408") and "stopped arriving" in answer
+        assert time.monotonic() - started < 5
+    runtime.close()
+
+
 def test_a_full_queue_is_a_429_with_retry_after(spam_ckpt, instruct_ckpt):
     runtime = runtime_of(spam_loader(spam_ckpt), instruct_loader(instruct_ckpt), max_running=1, max_waiting=1)
     with fastapi_testclient.TestClient(api.create_app(runtime)) as c:

@@ -63,5 +63,7 @@ DISCONNECT_GRACE_S = 10.0  # a closed tab, reload or new chat stops that chat's 
 # The API only: it receives whole conversations in one JSON body.
 CLIENT_CHECK_S = 0.5  # how often a non-streamed request checks that its client is still connected (gone: cancelled)
 MAX_BODY_BYTES = 2 * 1024 * 1024  # any request body; larger -> 413 before parsing
+BODY_READ_TIMEOUT_S = 30.0  # longest wait for the next piece of a request body; slower -> 408 (a stalled client
+# would otherwise hold its connection for ever)
 MAX_MESSAGES = 64  # messages per chat request
 MAX_CONTENT_PARTS = 64  # text parts in one message's content list (their text together: MAX_MESSAGE_CHARS)

@@ -38,7 +38,7 @@ from llm.generate import GenerationSettings
 from llm.serving.engine import EngineBusy
 from llm.serving.http.schemas import (ChatCompletion, ChatCompletionRequest, ClassifyRequest, ClassifyResponse,
                                       ModelList, error_responses, to_instruction)
-from llm.serving.limits import CLIENT_CHECK_S, DEFAULT_MAX_NEW_TOKENS, MAX_BODY_BYTES
+from llm.serving.limits import BODY_READ_TIMEOUT_S, CLIENT_CHECK_S, DEFAULT_MAX_NEW_TOKENS, MAX_BODY_BYTES
 from llm.serving.registry import INSTRUCT_MODEL_ID, SPAM_MODEL_ID
 from llm.serving.runtime import ContextOverflow, ModelUnavailable, Runtime
 
@@ -110,10 +110,12 @@ class RequireKey:
 
 
 class BodyLimit:
-    """ASGI middleware: refuse request bodies over `limit` bytes (Content-Length or streamed) with 413."""
+    """ASGI middleware: refuse request bodies over `limit` bytes (Content-Length or streamed) with 413, and bodies
+    whose next piece takes over `timeout` seconds to arrive with 408."""
 
-    def __init__(self, app, limit: int = MAX_BODY_BYTES):
+    def __init__(self, app, limit: int = MAX_BODY_BYTES, timeout: float | None = None):
         self.app, self.limit = app, limit
+        self.timeout = BODY_READ_TIMEOUT_S if timeout is None else timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -125,7 +127,13 @@ class BodyLimit:
             return await too_big(scope, receive, send)
         chunks, size = [], 0
         while True:  # read (at most limit bytes) up front, then replay
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout)
+            except asyncio.TimeoutError:
+                slow = JSONResponse(error_body(f"The request body stopped arriving (nothing for {self.timeout:g} s); "
+                                               "send the whole body, as its Content-Length says.",
+                                               "invalid_request_error", "body_timeout"), status_code=408)
+                return await slow(scope, receive, send)
             if message["type"] == "http.disconnect":
                 return
             chunks.append(message.get("body", b""))
