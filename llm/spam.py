@@ -340,11 +340,12 @@ class SpamClassifier:
     def logits(self, texts: Sequence[str]) -> torch.Tensor:
         """Raw (uncalibrated) logits, (len(texts), 2) float32 on the CPU, columns in `labels` order, in batches.
         Raises ValueError on an empty text."""
-        return self.logits_of_ids([encode(self.tokenizer, t, self.max_length) for t in texts])
+        return self.logits_of_ids(self.rows(texts))
 
-    def row_tokens(self, text: str) -> int:
-        """How many tokens of `text` the classifier reads (what a forward pass costs per row; the engine's budget)."""
-        return len(self.tokenizer.encode(text)[:self.max_length]) or 1
+    def rows(self, texts: Sequence[str]) -> list[list[int]]:
+        """The token rows the classifier reads, one per text (truncated to max_length). Raises ValueError on an
+        empty text."""
+        return [encode(self.tokenizer, t, self.max_length) for t in texts]
 
     @torch.no_grad()
     def logits_of_ids(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:

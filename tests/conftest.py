@@ -59,9 +59,9 @@ def base_model_dir() -> Path:
 
 # ----------------------------------------------------------------------------- serving: stand-ins and runtimes
 class KeywordClassifier:
-    """Stands in for SpamClassifier's serving contract, recording calls: classify(list[str]) -> [(label, p_spam)],
-    and for explanations explain_rows / logits_of_ids / probabilities, with text rows instead of token rows
-    (the message, then the message without each word: "prize" carries the verdict)."""
+    """Stands in for SpamClassifier's serving contract (rows, explain_rows, logits_of_ids, probabilities), with text
+    rows instead of token rows, recording each scored batch in `calls` ("prize" carries the verdict; an explanation's
+    rows are the message, then the message without each word)."""
 
     def __init__(self):
         self.calls: list[list[str]] = []
@@ -69,6 +69,9 @@ class KeywordClassifier:
     def classify(self, texts):
         self.calls.append(list(texts))
         return [("spam", 0.973) if "prize" in t.lower() else ("ham", 0.012) for t in texts]
+
+    def rows(self, texts):
+        return list(texts)
 
     def explain_rows(self, text):
         words = text.split()

@@ -32,10 +32,11 @@ class ContextOverflow(ValueError):
         self.prompt_tokens, self.max_new_tokens, self.context = prompt_tokens, max_new_tokens, context
 
 
-class _ExplanationRows:
-    """The token rows of explanations (SpamClassifier.explain_rows) shaped as the engine's classify contract:
-    p_spam per row. They go through the engine's shared batches and token budget like any text, so one long
-    message's 129 occlusions never hold up a decode step, or another caller's verdict, for more than one pass."""
+class _RowScorer:
+    """Every row the spam model scores in the engine, shaped as the engine's classify contract: token rows in,
+    p_spam out. The texts of spam checks (SpamClassifier.rows) and the occlusions of explanations (explain_rows)
+    are both rows, so every caller's checks and explanations share passes, and the engine's token budget counts
+    a row without tokenizing it again."""
 
     def __init__(self, classifier):
         self.classifier = classifier
@@ -51,7 +52,7 @@ class _ExplanationRows:
 class Runtime:
     def __init__(self, specs: list[ModelSpec], limits: EngineLimits | None = None, load_now: bool = True):
         self.engine = GenerationEngine(limits or EngineLimits.from_env())
-        self._explainer: _ExplanationRows | None = None
+        self._scorer: _RowScorer | None = None
         self.registry = ModelRegistry([replace(s, loader=self._warmed(s.loader)) if s.model_id == INSTRUCT_MODEL_ID
                                        else s for s in specs])
         if load_now:
@@ -75,35 +76,41 @@ class Runtime:
 
     async def classify(self, texts: Sequence[str]) -> list[tuple[str, float]]:
         """(label, p_spam) per text, batched with every other caller's texts by the engine."""
-        classifier = await self.registry.get(SPAM_MODEL_ID)
-        return await self.engine.classify(classifier, list(texts))
+        return [(v.label, v.p_spam) for v in await self.verdicts(texts)]
 
     async def verdicts(self, texts: Sequence[str], threshold: float | None = None) -> list:
         """llm.spam.Verdict(label, p_spam, band, threshold) per text, batched like `classify`. `threshold` overrides the
-        checkpoint's operating point for this call (labels and bands move; probabilities do not)."""
+        checkpoint's operating point for this call (labels and bands move; probabilities do not). Raises ValueError
+        on an empty text."""
         from llm.spam import SPAM_THRESHOLD, Verdict
 
-        classifier = await self.registry.get(SPAM_MODEL_ID)
-        results = await self.engine.classify(classifier, list(texts))  # batched across callers, unlike clf.verdicts
+        classifier, scorer = await self._spam_model()
+        rows = await asyncio.to_thread(classifier.rows, list(texts))  # tokenizing: off the event loop (no torch)
+        p = await self.engine.classify(scorer, rows)
         t = threshold if threshold is not None else getattr(classifier, "threshold", SPAM_THRESHOLD)
-        return [Verdict.of(p, t) for _, p in results]
+        return [Verdict.of(q, t) for q in p]
 
     async def explain(self, texts: Sequence[str]) -> list:
         """llm.spam.Explanation per text (occlusion), its rows scored by the engine in turns with every other
         caller's work. Raises ValueError on an empty text."""
         from llm.spam import explanation
 
-        classifier = await self.registry.get(SPAM_MODEL_ID)
+        classifier, scorer = await self._spam_model()
         # tokenizing up to 129 variants per text: off the event loop (no torch here, so no OpenMP team either)
         prepared = await asyncio.to_thread(lambda: [classifier.explain_rows(t) for t in texts])
-        if self._explainer is None or self._explainer.classifier is not classifier:  # one per model: callers share passes
-            self._explainer = _ExplanationRows(classifier)
-        p = await self.engine.classify(self._explainer, [row for _, rows in prepared for row in rows])
+        p = await self.engine.classify(scorer, [row for _, rows in prepared for row in rows])
         out, start = [], 0
         for words, rows in prepared:
             out.append(explanation(words, p[start:start + len(rows)]))
             start += len(rows)
         return out
+
+    async def _spam_model(self):
+        """The spam classifier (loaded or loading) and the one row scorer of it that every caller shares."""
+        classifier = await self.registry.get(SPAM_MODEL_ID)
+        if self._scorer is None or self._scorer.classifier is not classifier:
+            self._scorer = _RowScorer(classifier)
+        return classifier, self._scorer
 
     async def answer(self, instruction: str, history: Sequence[tuple[str, str]] = (), input: str = "",
                      settings: GenerationSettings | None = None, clamp: bool = False,
