@@ -54,19 +54,18 @@ def plan(args) -> list[tuple[str, Path, list[tuple[str, list[str]]]]]:
     return todo
 
 
-def unloadable(todo) -> list[tuple[str, Path, str]]:
+def unloadable() -> list[tuple[str, Path, str]]:
     """(what, checkpoint, why) for every checkpoint that is there but would not load: its config and the header of
     its weights are read (no tensors), so a truncated file or the wrong kind of model is told now, not in the chat."""
     from llm.checkpoint import WEIGHTS_FILE, CheckpointError, check_safetensors, read_config, require_task
-    from llm.serving.registry import INSTRUCT_MODEL_ID, SPAM_MODEL_ID, default_specs
+    from llm.serving.registry import INSTRUCT_MODEL_ID, SPAM_MODEL_ID, checkpoint_ready, default_specs
 
-    missing = {ckpt for _, ckpt, _ in todo}
     tasks = {SPAM_MODEL_ID: ("spam classifier", "classification"), INSTRUCT_MODEL_ID: ("assistant", "lm")}
     found = []
     for spec in default_specs():
         what, task = tasks[spec.model_id]
         ckpt = spec.checkpoint()
-        if ckpt in missing:
+        if not checkpoint_ready(ckpt):  # missing: plan() creates it
             continue
         try:
             require_task(read_config(ckpt), task, ckpt)
@@ -101,9 +100,8 @@ def main(argv: Sequence[str] | None = None, runner: Callable[[str, list[str]], i
     p.add_argument("--max-minutes", type=positive_float, default=None, help="cap on the assistant's training time (best checkpoint kept)")
     args = p.parse_args(argv)
 
-    todo, broken = plan(args), []
-    for what, ckpt, why in unloadable(todo):
-        broken.append(what)
+    todo, broken = plan(args), unloadable()
+    for what, ckpt, why in broken:
         say(f"the {what} checkpoint at {ckpt} is there but will not load: {why}")
         say(f"    move it away (or delete it) and run this again to create a new one; the app starts anyway and says "
             f"the {what} is not available.")

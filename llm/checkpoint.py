@@ -158,7 +158,8 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_DIM
 
 
-def _finite_number(value: Any) -> bool:
+def finite_number(value: Any) -> bool:
+    """A real number from a JSON file: an int or float (not a bool), not NaN or infinite."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -175,7 +176,7 @@ def model_shape(fields: dict[str, Any], source: str | os.PathLike, hint: str = "
         if key not in fields:
             continue
         value = fields[key]
-        if not _finite_number(value) or not (value > 0 if key == "layer_norm_epsilon" else 0 <= value <= 1):
+        if not finite_number(value) or not (value > 0 if key == "layer_norm_epsilon" else 0 <= value <= 1):
             wanted = "a positive number" if key == "layer_norm_epsilon" else "a number from 0 to 1"
             raise _fail(f"{source}: {key} must be {wanted}, not {_short(value)}", hint)
     if not isinstance(fields.get("activation_function", ""), str):

@@ -33,7 +33,6 @@ the message (as the book does: spam announces itself early). Training and evalua
 from __future__ import annotations
 
 import csv
-import math
 import os
 import random
 import re
@@ -44,6 +43,8 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import torch
+
+from llm.checkpoint import finite_number
 
 SPAM_THRESHOLD = 0.5  # default operating point: p_spam at or above this -> "spam" (a checkpoint may store its own)
 SPAM_BAND = 0.9  # calibrated p_spam at or above max(this, threshold) -> band "spam"; threshold..this -> "likely spam"
@@ -224,12 +225,12 @@ def explanation(words: Sequence[str], p: Sequence[float]) -> Explanation:
 
 
 def valid_temperature(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return finite_number(value) and value > 0
 
 
 def valid_threshold(value) -> bool:
     """A threshold is a real number strictly between 0 and 1 (not a bool, not NaN)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 < value < 1
+    return finite_number(value) and 0 < value < 1
 
 
 def label_of(p_spam: float, threshold: float = SPAM_THRESHOLD) -> str:
